@@ -1,0 +1,415 @@
+//! The selves store: one SQLite database per node holding its record logs,
+//! the memory materialised from them, and the peers it knows; plus a search
+//! index in a second file.
+//!
+//! - [`schema`]: tables and append-only migrations.
+//! - [`memory`]: the materialiser (rows, conversations, last-writer-wins),
+//!   local capture and export.
+//! - [`log`]: record logs: heads, applying remote ranges, serving ranges,
+//!   the convergence digest.
+//! - [`search`]: the FTS5 index, kept in `search.db` and caught up in bulk.
+//! - [`peers`]: tokens this node minted and remotes it dials.
+//!
+//! One writer connection (behind a mutex) and a small pool of readers; every
+//! method is blocking, so async callers use `spawn_blocking`. All SQL of
+//! selves lives in this crate.
+
+pub mod log;
+pub mod memory;
+pub mod peers;
+pub mod schema;
+pub mod search;
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use selves_wire::{Name, NodeId, StreamName};
+
+pub use log::{ApplySummary, IncomingBatch, RangeRead};
+pub use memory::{CaptureOptions, CaptureSummary};
+pub use peers::{Attempt, AuthOutcome, Remote, TokenGrant};
+pub use search::{Hit, SearchQuery};
+
+/// Milliseconds since the Unix epoch. Callers pass the time in, so tests
+/// control it.
+pub type Millis = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the database schema is version {found}, newer than this selves knows ({known}): upgrade selves"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error(
+        "the database belongs to node {found}, but this home's config says {expected}: was config.toml or selves.db copied from another node?"
+    )]
+    WrongNode { found: String, expected: NodeId },
+    #[error(
+        "records of {node} {stream} start at {got}, but this node holds only up to {have}: a gap (the sender's view of our heads is stale; sync again)"
+    )]
+    Gap {
+        node: NodeId,
+        stream: StreamName,
+        have: u64,
+        got: u64,
+    },
+    #[error(
+        "a peer sent records {stream} up to {got} under this node's own id, but this node only wrote up to {have}: another node is using this node's id (a copied SELVES_HOME?). Give one of them a fresh home with `selves init`"
+    )]
+    IdentityClash {
+        stream: StreamName,
+        have: u64,
+        got: u64,
+    },
+    #[error("stream {0} is not carried by this node")]
+    UnknownStream(StreamName),
+    #[error("the search query is empty: give at least one word")]
+    EmptyQuery,
+    #[error("a peer named {0} already has a token in use: `selves rotate-token {0}` replaces it")]
+    TokenInUse(Name),
+    #[error("no peer named {0}")]
+    NoSuchPeer(String),
+    #[error("a remote named {0} already exists: remove it first with `selves peer remove {0}`")]
+    RemoteExists(Name),
+}
+
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Null,
+            Box::new(e),
+        ))
+    }
+}
+
+impl StoreError {
+    /// Whether trying the same thing again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            StoreError::Gap { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Where a node's files live.
+#[derive(Debug, Clone)]
+pub struct StorePaths {
+    pub db: PathBuf,
+    pub search: PathBuf,
+}
+
+impl StorePaths {
+    pub fn in_dir(dir: &Path) -> Self {
+        StorePaths {
+            db: dir.join("selves.db"),
+            search: dir.join("search.db"),
+        }
+    }
+}
+
+/// This node, as the store knows it.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub id: NodeId,
+    pub name: Name,
+    /// Local index of this node in `nodes`.
+    pub(crate) idx: i64,
+}
+
+/// Local indexes of the streams every store carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Streams {
+    pub memory: i64,
+}
+
+pub struct Store {
+    paths: StorePaths,
+    me: Me,
+    streams: Streams,
+    /// Identifies this database, so a search index made for another one is
+    /// never trusted.
+    instance: String,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// The connection that writes `search.db`.
+    search_writer: Mutex<Option<Connection>>,
+}
+
+const MAX_IDLE_READERS: usize = 4;
+
+impl Store {
+    /// Opens (creating if needed) the store of node `id` named `name`.
+    /// Refuses a database that belongs to another node.
+    pub fn open(paths: &StorePaths, id: &NodeId, name: &Name) -> Result<Store> {
+        create_private(&paths.db)?;
+        let mut writer = open_conn(&paths.db)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: the commit that gates an acknowledgement must survive power
+        // loss; in WAL mode that is one fsync per commit, and we commit per
+        // batch.
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        writer.pragma_update(None, "cache_size", -8000)?;
+        schema::migrate(&mut writer)?;
+
+        let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match found {
+            Some(found) if found != id.as_str() => {
+                return Err(StoreError::WrongNode {
+                    found,
+                    expected: id.clone(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('node_id', ?1)",
+                    [id.as_str()],
+                )?;
+                let mut instance = [0u8; 16];
+                getrandom::fill(&mut instance).map_err(|e| StoreError::Io {
+                    path: paths.db.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+                    [selves_wire::hex(&instance)],
+                )?;
+            }
+        }
+        let idx = log::node_index(&tx, id, Some(name.as_str()))?;
+        let memory = log::stream_index(&tx, &StreamName::memory())?;
+        let instance: String =
+            tx.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+
+        let store = Store {
+            paths: paths.clone(),
+            me: Me {
+                id: id.clone(),
+                name: name.clone(),
+                idx,
+            },
+            streams: Streams { memory },
+            instance,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            search_writer: Mutex::new(None),
+        };
+        search::prepare(&store)?;
+        Ok(store)
+    }
+
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
+    pub fn paths(&self) -> &StorePaths {
+        &self.paths
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction on the writer, committed on `Ok`.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// A read connection from the pool (search.db attached as `search`).
+    pub(crate) fn reader(&self) -> Result<Reader<'_>> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = open_conn(&self.paths.db)?;
+                c.pragma_update(None, "query_only", true)?;
+                c.execute(
+                    "ATTACH DATABASE ?1 AS search",
+                    [self.paths.search.to_string_lossy()],
+                )?;
+                c
+            }
+        };
+        Ok(Reader {
+            store: self,
+            conn: Some(conn),
+        })
+    }
+
+    /// Runs `PRAGMA integrity_check` on both files and checks the record
+    /// logs: every (node, stream) holds exactly seqs 1..=head, and every
+    /// non-void record points at a row. Returns the problems found.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let r = self.reader()?;
+        let mut problems = Vec::new();
+        for schema in ["main", "search"] {
+            let mut stmt = r.prepare(&format!("PRAGMA {schema}.integrity_check"))?;
+            let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+            for line in rows {
+                let line = line?;
+                if line != "ok" {
+                    problems.push(format!("{schema}: {line}"));
+                }
+            }
+        }
+        let mut stmt = r.prepare(
+            "SELECT n.node_id, s.name, h.seq,
+                    (SELECT COUNT(*) FROM records r WHERE r.node = h.node AND r.stream = h.stream),
+                    (SELECT MAX(seq) FROM records r WHERE r.node = h.node AND r.stream = h.stream)
+             FROM heads h JOIN nodes n ON n.id = h.node JOIN streams s ON s.id = h.stream",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (node, stream, head, count, max) = row?;
+            if count != head || max.unwrap_or(0) != head {
+                problems.push(format!(
+                    "log {node} {stream}: head {head} but {count} records (highest {max:?})"
+                ));
+            }
+        }
+        let dangling: i64 = r.query_row(
+            "SELECT COUNT(*) FROM records r LEFT JOIN messages m ON m.id = r.target
+             WHERE r.target IS NOT NULL AND m.id IS NULL",
+            [],
+            |row| row.get(0),
+        )?;
+        if dangling > 0 {
+            problems.push(format!("{dangling} records point at missing rows"));
+        }
+        let orphans: i64 = r.query_row(
+            "SELECT COUNT(*) FROM messages m WHERE m.key IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.target = m.id)",
+            [],
+            |row| row.get(0),
+        )?;
+        if orphans > 0 {
+            problems.push(format!("{orphans} synced rows have no record"));
+        }
+        Ok(problems)
+    }
+
+    /// Counts for status output.
+    pub fn counts(&self) -> Result<Counts> {
+        let r = self.reader()?;
+        let (synced, local_only): (i64, i64) = r.query_row(
+            "SELECT COUNT(key), COUNT(*) - COUNT(key) FROM messages",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let conversations: i64 =
+            r.query_row("SELECT COUNT(*) FROM conversations", [], |row| row.get(0))?;
+        Ok(Counts {
+            rows: synced as u64,
+            local_only_rows: local_only as u64,
+            conversations: conversations as u64,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub rows: u64,
+    pub local_only_rows: u64,
+    pub conversations: u64,
+}
+
+pub(crate) struct Reader<'a> {
+    store: &'a Store,
+    conn: Option<Connection>,
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("reader holds a connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut pool = self.store.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
+        }
+    }
+}
+
+pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+/// Creates `path` with mode 0600 if it does not exist, so the database (which
+/// holds peer tokens) is private from its first byte. SQLite gives its -wal
+/// and -shm files the same mode.
+pub(crate) fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+pub(crate) fn unhex_blob<const N: usize>(v: Vec<u8>) -> [u8; N] {
+    let mut out = [0u8; N];
+    if v.len() == N {
+        out.copy_from_slice(&v);
+    }
+    out
+}

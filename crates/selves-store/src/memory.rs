@@ -1,0 +1,441 @@
+//! The memory materialiser: turns row versions into the `messages` and
+//! `conversations` tables, resolving versions of one row by
+//! [`selves_wire::row::Version`] (last writer wins, a total order) and
+//! conversation metadata by [`ConversationMeta::join`]. Both are joins, so
+//! every node that has seen the same versions holds the same state, whatever
+//! the order they arrived in.
+//!
+//! Also local capture (`remember`, `import`), which appends this node's own
+//! records, and export.
+
+use std::collections::HashMap;
+
+use rusqlite::{OptionalExtension, Transaction, params};
+use selves_wire::row::{Version, VersionHash};
+use selves_wire::{ConversationMeta, Row, RowKey};
+
+use crate::{Result, Store};
+
+/// How local capture treats rows.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureOptions {
+    /// The `origin` given to rows that carry none (normally this node's
+    /// name). `None` keeps their origin null: provenance is never invented.
+    pub stamp_origin: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureSummary {
+    /// New rows.
+    pub inserted: u64,
+    /// Rows replaced by a newer version.
+    pub updated: u64,
+    /// Rows already held exactly.
+    pub unchanged: u64,
+    /// Versions older than the one held, kept out.
+    pub stale: u64,
+    /// Rows without `msg_id`: stored here, never synced.
+    pub local_only: u64,
+    /// (index in the input, reason) of rows refused.
+    pub refused: Vec<(usize, String)>,
+}
+
+impl CaptureSummary {
+    pub fn merge(&mut self, other: CaptureSummary, offset: usize) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.stale += other.stale;
+        self.local_only += other.local_only;
+        self.refused
+            .extend(other.refused.into_iter().map(|(i, why)| (i + offset, why)));
+    }
+}
+
+/// What writing one row version did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Inserted(i64),
+    Updated(i64),
+    Unchanged(i64),
+    Stale(i64),
+}
+
+impl Outcome {
+    pub(crate) fn id(self) -> i64 {
+        match self {
+            Outcome::Inserted(id)
+            | Outcome::Updated(id)
+            | Outcome::Unchanged(id)
+            | Outcome::Stale(id) => id,
+        }
+    }
+}
+
+struct Conv {
+    id: i64,
+    meta: ConversationMeta,
+    synced: bool,
+    dirty: bool,
+}
+
+/// One write transaction's view of the materialised state. Conversation
+/// metadata is joined in memory and written once per transaction.
+pub(crate) struct Materialiser<'t> {
+    tx: &'t Transaction<'t>,
+    convs: HashMap<(String, String), Conv>,
+    next_arrival: i64,
+}
+
+/// Fills in what a row must have before it is hashed: a uuid derived from
+/// its identity when the writer gave none, so every node derives the same.
+pub(crate) fn normalise(row: &mut Row) {
+    if row.uuid.is_none() {
+        row.uuid = Some(row.derived_uuid());
+    }
+}
+
+impl<'t> Materialiser<'t> {
+    pub(crate) fn new(tx: &'t Transaction<'t>) -> Result<Self> {
+        let max: i64 = tx.query_row("SELECT COALESCE(MAX(arrival), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?;
+        Ok(Materialiser {
+            tx,
+            convs: HashMap::new(),
+            next_arrival: max + 1,
+        })
+    }
+
+    /// Writes one (normalised, validated) row version.
+    pub(crate) fn put(&mut self, row: &Row) -> Result<Outcome> {
+        let key = row.key();
+        let conv = self.contribute(row, key.is_some())?;
+        let hash = row.version_hash();
+        let Some(key) = key else {
+            return self.put_local_only(row, conv, hash);
+        };
+        let existing = self
+            .tx
+            .prepare_cached("SELECT id, hash, edited_at, origin FROM messages WHERE key = ?1")?
+            .query_row(params![&key.0[..]], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    crate::unhex_blob::<32>(r.get(1)?),
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })
+            .optional()?;
+        let Some((id, old_hash, old_edited, old_origin)) = existing else {
+            let id = self.insert(Some(key), conv, hash, row)?;
+            return Ok(Outcome::Inserted(id));
+        };
+        if old_hash == hash.0 {
+            return Ok(Outcome::Unchanged(id));
+        }
+        let held = Version {
+            edited_at: old_edited,
+            origin: old_origin.as_deref(),
+            hash: VersionHash(old_hash),
+        };
+        if row.version() <= held {
+            return Ok(Outcome::Stale(id));
+        }
+        let arrival = self.take_arrival();
+        self.tx
+            .prepare_cached(
+                "UPDATE messages SET conv = ?2, arrival = ?3, hash = ?4, msg_id = ?5, uuid = ?6,
+                    role = ?7, sender = ?8, ts = ?9, edited_at = ?10, channel = ?11,
+                    origin = ?12, metadata = ?13, text = ?14
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                conv,
+                arrival,
+                &hash.0[..],
+                row.msg_id,
+                row.uuid,
+                row.role,
+                row.sender,
+                row.ts,
+                row.edited_at,
+                row.channel,
+                row.origin,
+                row.metadata,
+                row.text,
+            ])?;
+        Ok(Outcome::Updated(id))
+    }
+
+    fn put_local_only(&mut self, row: &Row, conv: i64, hash: VersionHash) -> Result<Outcome> {
+        let found: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT id FROM messages WHERE key IS NULL AND uuid = ?1")?
+            .query_row(params![row.uuid], |r| r.get(0))
+            .optional()?;
+        match found {
+            Some(id) => Ok(Outcome::Unchanged(id)),
+            None => Ok(Outcome::Inserted(self.insert(None, conv, hash, row)?)),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: Option<RowKey>,
+        conv: i64,
+        hash: VersionHash,
+        row: &Row,
+    ) -> Result<i64> {
+        let arrival = self.take_arrival();
+        self.tx
+            .prepare_cached(
+                "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role, sender, ts,
+                    edited_at, channel, origin, metadata, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?
+            .execute(params![
+                key.as_ref().map(|k| &k.0[..]),
+                conv,
+                arrival,
+                &hash.0[..],
+                row.msg_id,
+                row.uuid,
+                row.role,
+                row.sender,
+                row.ts,
+                row.edited_at,
+                row.channel,
+                row.origin,
+                row.metadata,
+                row.text,
+            ])?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    fn take_arrival(&mut self) -> i64 {
+        let a = self.next_arrival;
+        self.next_arrival += 1;
+        a
+    }
+
+    /// Joins the row's conversation metadata into its conversation and
+    /// returns the conversation's id. Local-only rows shape a conversation
+    /// only until a synced row reaches it.
+    fn contribute(&mut self, row: &Row, synced: bool) -> Result<i64> {
+        let meta = row.conversation.clone().unwrap_or(ConversationMeta {
+            first_ts: Some(row.ts),
+            last_ts: Some(row.ts),
+            ..ConversationMeta::default()
+        });
+        let lookup = (row.source.clone(), row.conversation_id.clone());
+        if !self.convs.contains_key(&lookup) {
+            let conv = self.load_conv(&row.source, &row.conversation_id, &meta, synced)?;
+            self.convs.insert(lookup.clone(), conv);
+        }
+        let conv = self.convs.get_mut(&lookup).expect("just inserted");
+        if synced && !conv.synced {
+            conv.meta = meta;
+            conv.synced = true;
+            conv.dirty = true;
+        } else if synced == conv.synced {
+            let joined = conv.meta.join(&meta);
+            if joined != conv.meta {
+                conv.meta = joined;
+                conv.dirty = true;
+            }
+        }
+        Ok(conv.id)
+    }
+
+    fn load_conv(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        meta: &ConversationMeta,
+        synced: bool,
+    ) -> Result<Conv> {
+        let found = self
+            .tx
+            .prepare_cached(
+                "SELECT id, title, first_ts, last_ts, project_path, parent_conversation_id, synced
+                 FROM conversations WHERE source = ?1 AND conversation_id = ?2",
+            )?
+            .query_row(params![source, conversation_id], |r| {
+                Ok(Conv {
+                    id: r.get(0)?,
+                    meta: ConversationMeta {
+                        title: r.get(1)?,
+                        first_ts: r.get(2)?,
+                        last_ts: r.get(3)?,
+                        project_path: r.get(4)?,
+                        parent_conversation_id: r.get(5)?,
+                    },
+                    synced: r.get(6)?,
+                    dirty: false,
+                })
+            })
+            .optional()?;
+        if let Some(conv) = found {
+            return Ok(conv);
+        }
+        // Insert now to get the id; the metadata is written at flush.
+        self.tx
+            .prepare_cached(
+                "INSERT INTO conversations (source, conversation_id, hash, synced)
+                 VALUES (?1, ?2, x'', ?3)",
+            )?
+            .execute(params![source, conversation_id, synced])?;
+        Ok(Conv {
+            id: self.tx.last_insert_rowid(),
+            meta: meta.clone(),
+            synced,
+            dirty: true,
+        })
+    }
+
+    /// Writes the conversations this transaction changed.
+    pub(crate) fn flush(self) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE conversations SET title = ?2, first_ts = ?3, last_ts = ?4, project_path = ?5,
+                parent_conversation_id = ?6, hash = ?7, synced = ?8
+             WHERE id = ?1",
+        )?;
+        for ((source, conversation_id), conv) in &self.convs {
+            if !conv.dirty {
+                continue;
+            }
+            let m = &conv.meta;
+            stmt.execute(params![
+                conv.id,
+                m.title,
+                m.first_ts,
+                m.last_ts,
+                m.project_path,
+                m.parent_conversation_id,
+                &m.hash(source, conversation_id)[..],
+                conv.synced,
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+/// Columns of a row as [`read_row`] expects them, from `messages m` joined
+/// with `conversations c`.
+pub(crate) const ROW_COLUMNS: &str = "c.source, c.conversation_id, m.msg_id, m.uuid, m.role, \
+     m.sender, m.text, m.ts, m.edited_at, m.channel, m.metadata, m.origin, c.title, c.first_ts, \
+     c.last_ts, c.project_path, c.parent_conversation_id";
+
+/// Reads a [`Row`] from [`ROW_COLUMNS`] starting at column `at`.
+pub(crate) fn read_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row> {
+    Ok(Row {
+        source: r.get(at)?,
+        conversation_id: r.get(at + 1)?,
+        msg_id: r.get(at + 2)?,
+        uuid: r.get(at + 3)?,
+        role: r.get(at + 4)?,
+        sender: r.get(at + 5)?,
+        text: r.get(at + 6)?,
+        ts: r.get(at + 7)?,
+        edited_at: r.get(at + 8)?,
+        channel: r.get(at + 9)?,
+        metadata: r.get(at + 10)?,
+        origin: r.get(at + 11)?,
+        conversation: Some(ConversationMeta {
+            title: r.get(at + 12)?,
+            first_ts: r.get(at + 13)?,
+            last_ts: r.get(at + 14)?,
+            project_path: r.get(at + 15)?,
+            parent_conversation_id: r.get(at + 16)?,
+        }),
+    })
+}
+
+impl Store {
+    /// Captures rows written on this node: each new or winning version of a
+    /// synced row becomes a record in this node's own `memory` log. One
+    /// transaction, durable when this returns.
+    pub fn capture(&self, rows: Vec<Row>, opts: &CaptureOptions) -> Result<CaptureSummary> {
+        let mut summary = CaptureSummary::default();
+        self.write(|tx| {
+            let mut own = crate::log::OwnLog::open(tx, self.me.idx, self.streams.memory)?;
+            let mut mat = Materialiser::new(tx)?;
+            for (i, mut row) in rows.into_iter().enumerate() {
+                if row.origin.is_none() {
+                    row.origin.clone_from(&opts.stamp_origin);
+                }
+                normalise(&mut row);
+                if let Err(e) = row.validate() {
+                    summary.refused.push((i, e.to_string()));
+                    continue;
+                }
+                let synced = row.msg_id.is_some();
+                let outcome = mat.put(&row)?;
+                match outcome {
+                    Outcome::Inserted(_) if !synced => summary.local_only += 1,
+                    Outcome::Unchanged(_) if !synced => summary.local_only += 1,
+                    Outcome::Inserted(_) => summary.inserted += 1,
+                    Outcome::Updated(_) => summary.updated += 1,
+                    Outcome::Unchanged(_) => summary.unchanged += 1,
+                    Outcome::Stale(_) => summary.stale += 1,
+                }
+                if synced && matches!(outcome, Outcome::Inserted(_) | Outcome::Updated(_)) {
+                    own.append(tx, Some(outcome.id()))?;
+                }
+            }
+            mat.flush()?;
+            own.finish(tx)?;
+            Ok(())
+        })?;
+        Ok(summary)
+    }
+
+    /// The row with this identity, if held.
+    pub fn get_row(
+        &self,
+        source: &str,
+        conversation_id: &str,
+        msg_id: &str,
+    ) -> Result<Option<Row>> {
+        let key = selves_wire::row::row_key(source, conversation_id, msg_id);
+        let r = self.reader()?;
+        Ok(r.query_row(
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
+                 WHERE m.key = ?1"
+            ),
+            params![&key.0[..]],
+            |row| read_row(row, 0),
+        )
+        .optional()?)
+    }
+
+    /// Calls `sink` with every row, local-only ones included, in a stable
+    /// order: by source, conversation, ts, msg_id, uuid. Two converged nodes
+    /// export the same synced rows byte for byte. Memory stays bounded: one
+    /// conversation is sorted at a time.
+    pub fn export(&self, mut sink: impl FnMut(Row) -> std::io::Result<()>) -> Result<u64> {
+        let r = self.reader()?;
+        let mut convs =
+            r.prepare("SELECT id FROM conversations ORDER BY source, conversation_id")?;
+        let mut rows = r.prepare(&format!(
+            "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
+             WHERE m.conv = ?1 ORDER BY m.ts, m.msg_id, m.uuid"
+        ))?;
+        let ids = convs.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut n = 0;
+        for id in ids {
+            let mut q = rows.query(params![id?])?;
+            while let Some(row) = q.next()? {
+                sink(read_row(row, 0)?).map_err(|e| crate::StoreError::Io {
+                    path: "<export>".into(),
+                    source: e,
+                })?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

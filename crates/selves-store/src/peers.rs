@@ -1,0 +1,344 @@
+//! Peers: the tokens this node has minted (who may call it; only digests
+//! are stored) and the remotes it dials (which hold the token they send).
+
+use rusqlite::{OptionalExtension, params};
+use selves_wire::{CertFingerprint, Name, NodeId, Token};
+use subtle::ConstantTimeEq as _;
+
+use crate::{Millis, Result, Store, StoreError};
+
+/// A token grant, as `peer list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenGrant {
+    pub peer: String,
+    pub created_at: Millis,
+    /// Set while the invite is unused: the token must be used before this.
+    pub claim_by: Option<Millis>,
+    pub claimed_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub last_seen_at: Option<Millis>,
+    pub invite_host: Option<String>,
+    pub invite_port: Option<u16>,
+}
+
+impl TokenGrant {
+    pub fn state(&self, now: Millis) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.claim_by.is_some_and(|by| now > by) {
+            "expired"
+        } else if self.claim_by.is_some() {
+            "invited"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// What a presented token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Ok(Name),
+    Unknown,
+    Revoked(String),
+    /// An invite that was never used in time.
+    Expired(String),
+}
+
+/// A peer this node dials.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Remote {
+    pub alias: Name,
+    pub url: String,
+    #[serde(skip)]
+    pub token: Token,
+    /// `None` only with `insecure`.
+    pub cert_fp: Option<CertFingerprint>,
+    pub insecure: bool,
+    pub node_id: Option<NodeId>,
+    pub node_name: Option<String>,
+    pub added_at: Millis,
+    pub last_attempt_at: Option<Millis>,
+    pub last_success_at: Option<Millis>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_error_class: Option<String>,
+}
+
+/// How a sync attempt with a remote ended, for status.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Success { node_id: NodeId, node_name: String },
+    Failure { class: String, message: String },
+}
+
+impl Store {
+    /// Mints (or re-mints) the token for `peer`. An unused or revoked grant
+    /// is replaced; one in use is refused unless `rotate` (which replaces it,
+    /// cutting off the old token at once). The new token must be used before
+    /// `claim_by`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint_token(
+        &self,
+        peer: &Name,
+        token: &Token,
+        claim_by: Millis,
+        host: &str,
+        port: u16,
+        rotate: bool,
+        now: Millis,
+    ) -> Result<()> {
+        self.write(|tx| {
+            let existing: Option<(Option<Millis>, Option<Millis>)> = tx
+                .query_row(
+                    "SELECT claim_by, revoked_at FROM tokens WHERE peer = ?1",
+                    [peer.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((claim_by, revoked_at)) = existing {
+                let in_use = claim_by.is_none() && revoked_at.is_none();
+                if in_use && !rotate {
+                    return Err(StoreError::TokenInUse(peer.clone()));
+                }
+            } else if rotate {
+                return Err(StoreError::NoSuchPeer(peer.to_string()));
+            }
+            tx.execute(
+                "INSERT INTO tokens (peer, digest, created_at, claim_by, invite_host, invite_port)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (peer) DO UPDATE SET digest = excluded.digest,
+                    created_at = excluded.created_at, claim_by = excluded.claim_by,
+                    claimed_at = NULL, revoked_at = NULL, last_seen_at = NULL,
+                    invite_host = excluded.invite_host, invite_port = excluded.invite_port",
+                params![
+                    peer.as_str(),
+                    &token.digest()[..],
+                    now,
+                    claim_by,
+                    host,
+                    port
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Checks a presented token against every grant in constant time. The
+    /// first use of an invited token claims it (and only before its
+    /// deadline).
+    pub fn authenticate(&self, token: &Token, now: Millis) -> Result<AuthOutcome> {
+        let digest = token.digest();
+        let grants: Vec<(String, Vec<u8>, Option<Millis>, Option<Millis>)> = {
+            let r = self.reader()?;
+            let mut stmt =
+                r.prepare_cached("SELECT peer, digest, claim_by, revoked_at FROM tokens")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut matched = None;
+        for (peer, stored, claim_by, revoked_at) in grants {
+            // Every grant is compared, whatever matched before.
+            if bool::from(stored.as_slice().ct_eq(&digest[..])) {
+                matched = Some((peer, claim_by, revoked_at));
+            }
+        }
+        let Some((peer, claim_by, revoked_at)) = matched else {
+            return Ok(AuthOutcome::Unknown);
+        };
+        if revoked_at.is_some() {
+            return Ok(AuthOutcome::Revoked(peer));
+        }
+        match claim_by {
+            Some(by) if now > by => return Ok(AuthOutcome::Expired(peer)),
+            Some(_) => {
+                self.write(|tx| {
+                    tx.execute(
+                        "UPDATE tokens SET claim_by = NULL, claimed_at = ?2 WHERE peer = ?1",
+                        params![peer, now],
+                    )?;
+                    Ok(())
+                })?;
+            }
+            None => {}
+        }
+        match peer.parse() {
+            Ok(name) => Ok(AuthOutcome::Ok(name)),
+            Err(_) => Ok(AuthOutcome::Unknown),
+        }
+    }
+
+    /// Notes that `peer` was seen now.
+    pub fn touch_token(&self, peer: &Name, now: Millis) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE tokens SET last_seen_at = ?2 WHERE peer = ?1",
+                params![peer.as_str(), now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Revokes `peer`'s token alone. Returns false if there is none.
+    pub fn revoke_token(&self, peer: &str, now: Millis) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE peer = ?1 AND revoked_at IS NULL",
+                params![peer, now],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    pub fn token_grants(&self) -> Result<Vec<TokenGrant>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare(
+            "SELECT peer, created_at, claim_by, claimed_at, revoked_at, last_seen_at,
+                    invite_host, invite_port
+             FROM tokens ORDER BY peer",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenGrant {
+                peer: r.get(0)?,
+                created_at: r.get(1)?,
+                claim_by: r.get(2)?,
+                claimed_at: r.get(3)?,
+                revoked_at: r.get(4)?,
+                last_seen_at: r.get(5)?,
+                invite_host: r.get(6)?,
+                invite_port: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds a remote; `replace` overwrites one of the same alias.
+    pub fn add_remote(&self, remote: &Remote, replace: bool) -> Result<()> {
+        self.write(|tx| {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM remotes WHERE alias = ?1)",
+                [remote.alias.as_str()],
+                |r| r.get(0),
+            )?;
+            if exists && !replace {
+                return Err(StoreError::RemoteExists(remote.alias.clone()));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO remotes (alias, url, token, cert_fp, insecure, node_id,
+                    node_name, added_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    remote.alias.as_str(),
+                    remote.url,
+                    remote.token.to_hex(),
+                    remote.cert_fp.map(|f| f.to_string()),
+                    remote.insecure,
+                    remote.node_id.as_ref().map(NodeId::as_str),
+                    remote.node_name,
+                    remote.added_at,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn remote(&self, alias: &str) -> Result<Option<Remote>> {
+        Ok(self
+            .remotes()?
+            .into_iter()
+            .find(|r| r.alias.as_str() == alias))
+    }
+
+    pub fn remotes(&self) -> Result<Vec<Remote>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare(
+            "SELECT alias, url, token, cert_fp, insecure, node_id, node_name, added_at,
+                    last_attempt_at, last_success_at, consecutive_failures, last_error,
+                    last_error_class
+             FROM remotes ORDER BY alias",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Millis>(7)?,
+                r.get::<_, Option<Millis>>(8)?,
+                r.get::<_, Option<Millis>>(9)?,
+                r.get::<_, u32>(10)?,
+                r.get::<_, Option<String>>(11)?,
+                r.get::<_, Option<String>>(12)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                alias,
+                url,
+                token,
+                cert_fp,
+                insecure,
+                node_id,
+                node_name,
+                added_at,
+                la,
+                ls,
+                cf,
+                le,
+                lc,
+            ) = row?;
+            // Rows were validated when written; one that no longer parses is
+            // skipped rather than failing every command.
+            let (Ok(alias), Ok(token)) = (alias.parse(), token.parse()) else {
+                continue;
+            };
+            out.push(Remote {
+                alias,
+                url,
+                token,
+                cert_fp: cert_fp.and_then(|f| f.parse().ok()),
+                insecure,
+                node_id: node_id.and_then(|n| n.parse().ok()),
+                node_name,
+                added_at,
+                last_attempt_at: la,
+                last_success_at: ls,
+                consecutive_failures: cf,
+                last_error: le,
+                last_error_class: lc,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn remove_remote(&self, alias: &str) -> Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM remotes WHERE alias = ?1", [alias])? > 0))
+    }
+
+    /// Records how a sync attempt with `alias` ended.
+    pub fn record_attempt(&self, alias: &str, attempt: &Attempt, now: Millis) -> Result<()> {
+        self.write(|tx| {
+            match attempt {
+                Attempt::Success { node_id, node_name } => tx.execute(
+                    "UPDATE remotes SET last_attempt_at = ?2, last_success_at = ?2,
+                        consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
+                        node_id = ?3, node_name = ?4
+                     WHERE alias = ?1",
+                    params![alias, now, node_id.as_str(), node_name],
+                )?,
+                Attempt::Failure { class, message } => tx.execute(
+                    "UPDATE remotes SET last_attempt_at = ?2,
+                        consecutive_failures = consecutive_failures + 1,
+                        last_error = ?3, last_error_class = ?4
+                     WHERE alias = ?1",
+                    params![alias, now, message, class],
+                )?,
+            };
+            Ok(())
+        })
+    }
+}

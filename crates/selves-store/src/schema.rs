@@ -1,0 +1,168 @@
+//! The database schema. Migrations are append-only: never edit one that has
+//! shipped; add the next. `PRAGMA user_version` counts the applied ones.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: record logs, materialised memory, peers.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    -- Every node this node has heard of; `id` is a local index only.
+    CREATE TABLE nodes (
+        id      INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL UNIQUE,
+        name    TEXT
+    );
+
+    CREATE TABLE streams (
+        id   INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    );
+
+    -- Highest contiguous seq held per (node, stream). Updated in the same
+    -- transaction that stores the records, never ahead of them.
+    CREATE TABLE heads (
+        node   INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        seq    INTEGER NOT NULL,
+        PRIMARY KEY (node, stream)
+    ) WITHOUT ROWID;
+
+    -- The record logs. A memory record points at the row it wrote
+    -- (`target` = messages.id); serving it sends that row as it stands now,
+    -- which is the join of every version seen, so rows are never stored
+    -- twice. A void record holds its number and the reason it was refused.
+    CREATE TABLE records (
+        node   INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        seq    INTEGER NOT NULL,
+        target INTEGER,
+        void   TEXT,
+        PRIMARY KEY (node, stream, seq)
+    ) WITHOUT ROWID;
+
+    -- Conversation metadata: the join (see ConversationMeta::join) of what
+    -- synced rows carried. `synced` = 0 while only local-only rows have
+    -- touched it; such a conversation is not part of the digest.
+    CREATE TABLE conversations (
+        id                     INTEGER PRIMARY KEY,
+        source                 TEXT NOT NULL,
+        conversation_id        TEXT NOT NULL,
+        title                  TEXT,
+        first_ts               INTEGER,
+        last_ts                INTEGER,
+        project_path           TEXT,
+        parent_conversation_id TEXT,
+        hash                   BLOB NOT NULL,
+        synced                 INTEGER NOT NULL,
+        UNIQUE (source, conversation_id)
+    );
+
+    -- Messages. `key` is the 16-byte identity of (source, conversation_id,
+    -- msg_id), NULL for local-only rows. `arrival` is a local sequence,
+    -- bumped whenever a row is inserted or replaced by a winning version:
+    -- the search indexer and memex's `since` follow it. Large columns last,
+    -- so scans of the small ones never touch overflow pages.
+    CREATE TABLE messages (
+        id        INTEGER PRIMARY KEY,
+        key       BLOB UNIQUE,
+        conv      INTEGER NOT NULL,
+        arrival   INTEGER NOT NULL,
+        hash      BLOB NOT NULL,
+        msg_id    TEXT,
+        uuid      TEXT NOT NULL,
+        role      TEXT NOT NULL,
+        sender    TEXT,
+        ts        INTEGER NOT NULL,
+        edited_at INTEGER,
+        channel   TEXT,
+        origin    TEXT,
+        metadata  TEXT,
+        text      TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_arrival ON messages (arrival);
+    CREATE INDEX messages_conv ON messages (conv, ts);
+    -- Local-only rows have no key; their uuid deduplicates re-imports.
+    CREATE UNIQUE INDEX messages_local_uuid ON messages (uuid) WHERE key IS NULL;
+
+    -- Tokens this node has minted: who may call it. Only a digest is kept.
+    CREATE TABLE tokens (
+        peer         TEXT PRIMARY KEY,
+        digest       BLOB NOT NULL UNIQUE,
+        created_at   INTEGER NOT NULL,
+        -- An invited token must be used before this (ms); NULL once used.
+        claim_by     INTEGER,
+        claimed_at   INTEGER,
+        revoked_at   INTEGER,
+        last_seen_at INTEGER,
+        invite_host  TEXT,
+        invite_port  INTEGER
+    ) WITHOUT ROWID;
+
+    -- Peers this node dials.
+    CREATE TABLE remotes (
+        alias                TEXT PRIMARY KEY,
+        url                  TEXT NOT NULL,
+        token                TEXT NOT NULL,
+        cert_fp              TEXT,
+        insecure             INTEGER NOT NULL DEFAULT 0,
+        node_id              TEXT,
+        node_name            TEXT,
+        added_at             INTEGER NOT NULL,
+        last_attempt_at      INTEGER,
+        last_success_at      INTEGER,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_error           TEXT,
+        last_error_class     TEXT
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings `conn` up to [`SCHEMA_VERSION`], each step in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The search index lives in its own file: it is derived data, rebuilt from
+/// `messages` whenever it is missing or belongs to another database.
+pub const SEARCH_SCHEMA: &str = r#"
+    CREATE TABLE IF NOT EXISTS state (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        instance  TEXT NOT NULL,
+        watermark INTEGER NOT NULL
+    );
+    CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5 (
+        text,
+        content = '',
+        contentless_delete = 1,
+        tokenize = 'unicode61 remove_diacritics 2'
+    );
+"#;

@@ -1,0 +1,250 @@
+//! Full-text search. The FTS5 index lives in `search.db`, apart from the
+//! main database: it is derived from `messages` (following `arrival`), so
+//! it is caught up in large batches after writes instead of by a trigger per
+//! row, and its writes never take the main database's write lock. Sync never
+//! waits for indexing; `search` catches the index up before it answers.
+
+use rusqlite::{Connection, params};
+use selves_wire::Row;
+
+use crate::memory::{ROW_COLUMNS, read_row};
+use crate::schema::SEARCH_SCHEMA;
+use crate::{Result, Store, StoreError};
+
+/// Rows indexed per transaction when catching up.
+pub const INDEX_CHUNK: usize = 20_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// Any user text: every whitespace-separated word must match.
+    pub text: String,
+    pub origin: Option<String>,
+    pub source: Option<String>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Hit {
+    #[serde(flatten)]
+    pub row: Row,
+    /// A short excerpt around the first match.
+    pub snippet: String,
+    /// FTS5 bm25 rank: lower is better.
+    pub rank: f64,
+}
+
+fn open_search(store: &Store) -> Result<Connection> {
+    crate::create_private(&store.paths.search)?;
+    let conn = crate::open_conn(&store.paths.search)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Derived data: losing the last commits on power loss only means
+    // re-indexing them.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+/// Creates the index if missing, and empties it if it was built for another
+/// database.
+pub(crate) fn prepare(store: &Store) -> Result<()> {
+    let mut conn = open_search(store)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(SEARCH_SCHEMA)?;
+    let instance: Option<String> = rusqlite::OptionalExtension::optional(tx.query_row(
+        "SELECT instance FROM state WHERE id = 1",
+        [],
+        |r| r.get(0),
+    ))?;
+    match instance {
+        Some(i) if i == store.instance => {}
+        Some(_) => {
+            tx.execute_batch("DELETE FROM fts; UPDATE state SET watermark = 0;")?;
+            tx.execute(
+                "UPDATE state SET instance = ?1 WHERE id = 1",
+                [&store.instance],
+            )?;
+        }
+        None => {
+            tx.execute(
+                "INSERT INTO state (id, instance, watermark) VALUES (1, ?1, 0)",
+                [&store.instance],
+            )?;
+        }
+    }
+    tx.commit()?;
+    *store
+        .search_writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    Ok(())
+}
+
+/// FTS5 query text for any user input: each word becomes a quoted string,
+/// so `foo-bar`, `c++`, `it's` and `"` are searched as text, never parsed
+/// as query syntax.
+pub fn fts_query(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split_whitespace()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    if words.is_empty() {
+        None
+    } else {
+        Some(words.join(" "))
+    }
+}
+
+impl Store {
+    /// Indexes up to `chunk` rows that changed since the index last caught
+    /// up, in one transaction. Returns how many it indexed.
+    pub fn index_step(&self, chunk: usize) -> Result<usize> {
+        let mut guard = self.search_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match guard.as_mut() {
+            Some(c) => c,
+            None => guard.insert(open_search(self)?),
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let watermark: i64 =
+            tx.query_row("SELECT watermark FROM state WHERE id = 1", [], |r| r.get(0))?;
+        let reader = self.reader()?;
+        let mut select = reader.prepare_cached(
+            "SELECT id, arrival, text FROM messages WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+        )?;
+        let mut rows = select.query(params![watermark, chunk as i64])?;
+        let mut insert =
+            tx.prepare_cached("INSERT OR REPLACE INTO fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut n = 0;
+        let mut high = watermark;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            high = row.get(1)?;
+            insert.execute(params![id, row.get_ref(2)?.as_str()?])?;
+            n += 1;
+        }
+        drop(insert);
+        if n > 0 {
+            tx.execute("UPDATE state SET watermark = ?1 WHERE id = 1", [high])?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Indexes everything pending, calling `progress` with the running
+    /// total after each chunk.
+    pub fn catch_up_index(&self, mut progress: impl FnMut(u64)) -> Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = self.index_step(INDEX_CHUNK)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+            progress(total);
+        }
+    }
+
+    /// Rows written since the index last caught up.
+    pub fn index_lag(&self) -> Result<u64> {
+        let r = self.reader()?;
+        let n: i64 = r.query_row(
+            "SELECT COUNT(*) FROM messages
+             WHERE arrival > (SELECT watermark FROM search.state WHERE id = 1)",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Searches memory, best matches first. Catches the index up first, so
+    /// every committed row is found.
+    pub fn search(&self, q: &SearchQuery) -> Result<Vec<Hit>> {
+        let fts = fts_query(&q.text).ok_or(StoreError::EmptyQuery)?;
+        self.catch_up_index(|_| {})?;
+        let r = self.reader()?;
+        let mut stmt = r.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS}, fts.rank FROM search.fts AS fts
+             JOIN messages m ON m.id = fts.rowid
+             JOIN conversations c ON c.id = m.conv
+             WHERE fts MATCH ?1
+               AND (?2 IS NULL OR m.origin = ?2)
+               AND (?3 IS NULL OR c.source = ?3)
+             ORDER BY fts.rank LIMIT ?4"
+        ))?;
+        let words: Vec<&str> = q.text.split_whitespace().collect();
+        let rows = stmt.query_map(
+            params![fts, q.origin, q.source, q.limit.max(1) as i64],
+            |row| Ok((read_row(row, 0)?, row.get::<_, f64>(17)?)),
+        )?;
+        let mut hits = Vec::new();
+        for row in rows {
+            let (row, rank) = row?;
+            let snippet = snippet(&row.text, &words);
+            hits.push(Hit { row, snippet, rank });
+        }
+        Ok(hits)
+    }
+}
+
+/// About 160 characters of `text` around the first word found
+/// (case-insensitively), on one line.
+pub fn snippet(text: &str, words: &[&str]) -> String {
+    const BEFORE: usize = 60;
+    const AFTER: usize = 100;
+    // Lowercase char by char, remembering where each lowered byte came from.
+    let mut lowered = String::with_capacity(text.len());
+    let mut origin_of = Vec::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        for l in c.to_lowercase() {
+            lowered.push(l);
+            origin_of.resize(lowered.len(), i);
+        }
+    }
+    let found = words
+        .iter()
+        .filter_map(|w| lowered.find(&w.to_lowercase()))
+        .min()
+        .map(|at| origin_of[at]);
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let center = found
+        .map(|at| chars.partition_point(|(i, _)| *i < at))
+        .unwrap_or(0);
+    let from = center.saturating_sub(BEFORE);
+    let to = (center + AFTER).min(chars.len());
+    let mut out = String::new();
+    if from > 0 {
+        out.push('…');
+    }
+    out.extend(chars[from..to].iter().map(|(_, c)| match c {
+        '\n' | '\r' | '\t' => ' ',
+        c => *c,
+    }));
+    if to < chars.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_text_becomes_quoted_words() {
+        assert_eq!(fts_query("  "), None);
+        assert_eq!(
+            fts_query(r#"foo-bar c++ it's "quoted" AND NEAR("#).unwrap(),
+            r#""foo-bar" "c++" "it's" """quoted""" "AND" "NEAR(""#
+        );
+    }
+
+    #[test]
+    fn snippet_centres_on_the_match() {
+        let text = format!("{}Needle here{}", "a".repeat(200), "b".repeat(200));
+        let s = snippet(&text, &["needle"]);
+        assert!(s.starts_with('…') && s.ends_with('…'));
+        assert!(s.contains("Needle here"));
+        assert_eq!(snippet("short\ntext", &["zzz"]), "short text");
+        // Lowercasing that changes byte lengths must not misplace the match.
+        let s = snippet("İİİİ target", &["target"]);
+        assert!(s.contains("target"));
+    }
+}

@@ -1,0 +1,322 @@
+//! The native sync protocol: exchange heads, then move contiguous record
+//! ranges both ways. Documented for humans in docs/protocol.md; the
+//! snapshot tests below pin the JSON.
+//!
+//! A record is numbered per (node, stream) from 1 with no gaps; a head is the
+//! highest seq a node holds for one (node, stream). Two nodes are in sync
+//! when their heads agree; `verify` then compares a digest of the state.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{Name, NodeId, Row, StreamName};
+
+/// The protocol this build speaks. A different `major` refuses to sync.
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+pub mod path {
+    pub const HELLO: &str = "/v1/hello";
+    pub const PULL: &str = "/v1/pull";
+    pub const PUSH: &str = "/v1/push";
+    pub const DIGEST: &str = "/v1/digest";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub name: Name,
+}
+
+/// `GET /v1/hello`: who the server is, what it holds, what it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: ProtocolVersion,
+    /// e.g. "selves 0.1.0", for messages only.
+    pub software: String,
+    pub node: NodeInfo,
+    /// The name the server knows the caller by (the peer its token was
+    /// minted for).
+    pub you: Name,
+    /// Streams the server carries; records of other streams are refused.
+    pub streams: Vec<StreamName>,
+    pub heads: Vec<Head>,
+    /// Names of the nodes that appear in `heads`, where the server knows them.
+    pub nodes: Vec<NodeInfo>,
+    pub limits: Limits,
+    pub server_now_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Head {
+    pub node: NodeId,
+    pub stream: StreamName,
+    pub seq: u64,
+}
+
+/// What the server accepts; the client sizes its batches to these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_push_records: u32,
+    pub max_pull_records: u32,
+    pub max_pull_bytes: u64,
+}
+
+/// `POST /v1/pull`: records after `after` for each range, in order, until a
+/// limit is reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    pub ranges: Vec<Range>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_records: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub node: NodeId,
+    pub stream: StreamName,
+    pub after: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullResponse {
+    pub batches: Vec<RecordBatch>,
+    /// True when a limit cut the answer short: ask again from where it ended.
+    pub more: bool,
+}
+
+/// Contiguous records `start, start+1, …` of one (node, stream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordBatch {
+    pub node: NodeId,
+    pub stream: StreamName,
+    pub start: u64,
+    pub records: Vec<Record>,
+}
+
+/// One record's content. `void` keeps the numbering of a record that was
+/// refused (say, an invalid row from a buggy peer): it holds its place and
+/// carries nothing, so a bad record never blocks the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Record {
+    Row(Box<Row>),
+    Void(String),
+}
+
+/// A [`RecordBatch`] whose records are not parsed yet, so that one bad
+/// record is refused alone instead of failing the whole body.
+#[derive(Debug, Deserialize)]
+pub struct RawRecordBatch<'a> {
+    pub node: NodeId,
+    pub stream: StreamName,
+    pub start: u64,
+    #[serde(borrow)]
+    pub records: Vec<&'a RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPullResponse<'a> {
+    #[serde(borrow)]
+    pub batches: Vec<RawRecordBatch<'a>>,
+    pub more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPushRequest<'a> {
+    #[serde(borrow)]
+    pub batches: Vec<RawRecordBatch<'a>>,
+}
+
+impl RawRecordBatch<'_> {
+    /// Parses each record on its own; an unparsable one becomes `Void` with
+    /// the reason.
+    pub fn parse(&self) -> Vec<Record> {
+        self.records
+            .iter()
+            .map(|raw| parse_record(raw.get()))
+            .collect()
+    }
+}
+
+/// Parses one record, turning any failure into a `Void` with the reason.
+pub fn parse_record(json: &str) -> Record {
+    match serde_json::from_str::<Record>(json) {
+        Ok(Record::Row(row)) => match row.validate() {
+            Ok(()) if row.msg_id.is_some() => Record::Row(row),
+            Ok(()) => Record::Void("row has no msg_id: local-only rows never sync".into()),
+            Err(e) => Record::Void(e.to_string()),
+        },
+        Ok(void) => void,
+        Err(e) => Record::Void(format!("not a valid record: {e}")),
+    }
+}
+
+/// `POST /v1/push`: records the server lacks. Applied in one transaction and
+/// answered only after it is durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub batches: Vec<RecordBatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushResponse {
+    /// Records newly stored.
+    pub accepted: u64,
+    /// Records the server already held.
+    pub duplicates: u64,
+    /// Records stored as void because their content was refused.
+    pub voided: Vec<Voided>,
+    /// The server's heads for the pushed (node, stream)s, after the commit.
+    pub heads: Vec<Head>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voided {
+    pub node: NodeId,
+    pub stream: StreamName,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// `GET /v1/digest`: heads plus an order-independent digest of the
+/// materialised memory, for `selves verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestResponse {
+    pub node: NodeInfo,
+    pub heads: Vec<Head>,
+    pub memory: MemoryDigest,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryDigest {
+    /// Synced rows (local-only rows are not counted).
+    pub rows: u64,
+    pub conversations: u64,
+    /// Hex of the XOR of every synced row's and conversation's hash.
+    pub digest: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable code: `unauthorized`, `bad_request`, `payload_too_large`,
+    /// `rate_limited`, `gap`, `identity_clash`, `unknown_stream`,
+    /// `schema_mismatch`, `internal`.
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 16])
+    }
+
+    #[test]
+    fn hello_json() {
+        let hello = Hello {
+            protocol: PROTOCOL,
+            software: "selves 0.1.0".into(),
+            node: NodeInfo {
+                id: node(1),
+                name: "vps".parse().unwrap(),
+            },
+            you: "laptop".parse().unwrap(),
+            streams: vec![StreamName::memory()],
+            heads: vec![Head {
+                node: node(1),
+                stream: StreamName::memory(),
+                seq: 42,
+            }],
+            nodes: vec![NodeInfo {
+                id: node(1),
+                name: "vps".parse().unwrap(),
+            }],
+            limits: Limits {
+                max_body_bytes: 8 << 20,
+                max_push_records: 5000,
+                max_pull_records: 5000,
+                max_pull_bytes: 4 << 20,
+            },
+            server_now_ms: 1716800000000,
+        };
+        expect_test::expect![[r#"{"protocol":{"major":1,"minor":0},"software":"selves 0.1.0","node":{"id":"01010101010101010101010101010101","name":"vps"},"you":"laptop","streams":["memory"],"heads":[{"node":"01010101010101010101010101010101","stream":"memory","seq":42}],"nodes":[{"id":"01010101010101010101010101010101","name":"vps"}],"limits":{"max_body_bytes":8388608,"max_push_records":5000,"max_pull_records":5000,"max_pull_bytes":4194304},"server_now_ms":1716800000000}"#]]
+        .assert_eq(&serde_json::to_string(&hello).unwrap());
+    }
+
+    #[test]
+    fn pull_and_push_json() {
+        let req = PullRequest {
+            ranges: vec![Range {
+                node: node(2),
+                stream: StreamName::memory(),
+                after: 10,
+            }],
+            max_records: Some(1000),
+            max_bytes: None,
+        };
+        expect_test::expect![[r#"{"ranges":[{"node":"02020202020202020202020202020202","stream":"memory","after":10}],"max_records":1000}"#]]
+        .assert_eq(&serde_json::to_string(&req).unwrap());
+
+        let resp = PushResponse {
+            accepted: 1,
+            duplicates: 0,
+            voided: vec![Voided {
+                node: node(2),
+                stream: StreamName::memory(),
+                seq: 12,
+                reason: "source is empty".into(),
+            }],
+            heads: vec![Head {
+                node: node(2),
+                stream: StreamName::memory(),
+                seq: 12,
+            }],
+        };
+        expect_test::expect![[r#"{"accepted":1,"duplicates":0,"voided":[{"node":"02020202020202020202020202020202","stream":"memory","seq":12,"reason":"source is empty"}],"heads":[{"node":"02020202020202020202020202020202","stream":"memory","seq":12}]}"#]]
+        .assert_eq(&serde_json::to_string(&resp).unwrap());
+    }
+
+    #[test]
+    fn record_json_and_per_record_parsing() {
+        let batch = format!(
+            r#"{{"node":"{}","stream":"memory","start":3,"records":[
+                {{"row":{{"source":"s","conversation_id":"c","msg_id":"1","role":"user","text":"ok","ts":1}}}},
+                {{"row":{{"source":"s","conversation_id":"c","msg_id":"2","role":"user","text":"bad \ud800","ts":1}}}},
+                {{"row":{{"source":"","conversation_id":"c","msg_id":"3","role":"user","text":"x","ts":1}}}},
+                {{"row":{{"source":"s","conversation_id":"c","role":"user","text":"no id","ts":1}}}},
+                {{"void":"refused upstream"}},
+                {{"row":{{"source":"s","conversation_id":"c","msg_id":"6","role":"user","text":"nul \u0000 kept","ts":1}}}}
+            ]}}"#,
+            node(3)
+        );
+        let raw: RawRecordBatch = serde_json::from_str(&batch).unwrap();
+        let parsed = raw.parse();
+        assert_eq!(parsed.len(), 6);
+        assert!(matches!(&parsed[0], Record::Row(r) if r.text == "ok"));
+        assert!(
+            matches!(&parsed[1], Record::Void(why) if why.contains("escape")),
+            "{:?}",
+            parsed[1]
+        );
+        assert!(matches!(&parsed[2], Record::Void(why) if why == "source is empty"));
+        assert!(matches!(&parsed[3], Record::Void(why) if why.contains("msg_id")));
+        assert!(matches!(&parsed[4], Record::Void(why) if why == "refused upstream"));
+        assert!(matches!(&parsed[5], Record::Row(r) if r.text == "nul \0 kept"));
+
+        let void = serde_json::to_string(&Record::Void("why".into())).unwrap();
+        assert_eq!(void, r#"{"void":"why"}"#);
+    }
+}
