@@ -1,1 +1,14 @@
-//! placeholder
+//! The selves sync client: dials a peer over HTTPS with a pinned
+//! certificate and moves record ranges both ways.
+//!
+//! - [`tls`]: the pinning certificate verifier.
+//! - [`peer`]: one peer's endpoint and the error classification.
+//! - [`replicate`]: one sync round (heads diff, pipelined pull and push).
+
+pub mod peer;
+pub mod replicate;
+pub mod tls;
+
+pub use peer::{PeerClient, PeerTarget, SyncError};
+pub use replicate::{NoProgress, Progress, SyncOptions, SyncReport, handshake, sync};
+pub use tls::Trust;

@@ -1,1 +1,156 @@
-//! placeholder
+//! The selves HTTPS server: TLS (rustls, the node's own certificate) in
+//! front of the native sync API.
+//!
+//! [`run`] takes its listener and a shutdown future, so tests and the demo
+//! bind `127.0.0.1:0` and stop it when they like. Every connection has a
+//! TLS handshake deadline and a header-read deadline (no slowloris), and the
+//! number of open connections is capped.
+//!
+//! - [`api`]: routes, authentication, rate limits, handlers.
+//! - [`error`]: the one mapping from errors to HTTP.
+//! - [`indexer`]: catches the search index up after pushes.
+
+pub mod api;
+pub mod error;
+mod indexer;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use selves_store::Store;
+use selves_wire::native::Limits;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceBuilder;
+use tower_http::decompression::RequestDecompressionLayer;
+
+pub use api::RateLimit;
+pub use error::ApiError;
+
+/// What a server accepts unless configured otherwise.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    max_body_bytes: 8 << 20,
+    max_push_records: 5000,
+    max_pull_records: 5000,
+    max_pull_bytes: 4 << 20,
+};
+
+pub struct ServerConfig {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub limits: Limits,
+    pub rate: RateLimit,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long a client may take to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    /// e.g. "selves 0.1.0".
+    pub software: String,
+}
+
+/// A rustls server configuration for the node's certificate (DER) and key.
+pub fn tls_config(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves until `shutdown` resolves, then lets requests in flight finish
+/// (for up to five seconds) and stops the indexer.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<Store>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let kick = Arc::new(Notify::new());
+    let app = Arc::new(api::App::new(
+        store.clone(),
+        config.limits,
+        config.rate,
+        config.software.clone(),
+        kick.clone(),
+    ));
+    // Decompression wraps the router, so body limits count decompressed
+    // bytes (a small gzip bomb cannot get past them).
+    let service = ServiceBuilder::new()
+        .layer(RequestDecompressionLayer::new())
+        .service(api::router(app));
+    let acceptor = TlsAcceptor::from(config.tls);
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    kick.notify_one();
+    let indexer = tokio::spawn(indexer::run(store, kick, stop_rx));
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%addr, "too many connections; refusing one");
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let service = service.clone();
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                let handshake_timeout = config.handshake_timeout;
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%addr, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after 5 s; stopping anyway");
+    }
+    let _ = indexer.await;
+    Ok(())
+}

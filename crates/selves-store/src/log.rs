@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use selves_wire::native::{Head, MemoryDigest, NodeInfo, Range, Record, RecordBatch, Voided};
 use selves_wire::{NodeId, StreamName};
 
-use crate::memory::{Materialiser, Outcome, ROW_COLUMNS, normalise, read_row};
+use crate::memory::{Materialiser, ROW_COLUMNS, normalise, read_row};
 use crate::{Result, Store, StoreError};
 
 /// The local index of node `id`, adding it (and noting its name) if new.
@@ -273,12 +273,11 @@ impl Store {
                                     Some("row has no msg_id: local-only rows never sync".into()),
                                 ),
                                 Ok(()) => {
-                                    let outcome = mat.put(&row)?;
-                                    if matches!(outcome, Outcome::Inserted(_) | Outcome::Updated(_))
-                                    {
+                                    let written = mat.put(&row)?;
+                                    if written.changed() {
                                         summary.changed_rows += 1;
                                     }
-                                    (Some(outcome.id()), None)
+                                    (Some(written.outcome.id()), None)
                                 }
                             }
                         }

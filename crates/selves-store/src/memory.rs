@@ -41,24 +41,41 @@ pub struct CaptureSummary {
 }
 
 impl CaptureSummary {
-    pub fn merge(&mut self, other: CaptureSummary, offset: usize) {
+    pub fn merge(&mut self, other: CaptureSummary) {
         self.inserted += other.inserted;
         self.updated += other.updated;
         self.unchanged += other.unchanged;
         self.stale += other.stale;
         self.local_only += other.local_only;
-        self.refused
-            .extend(other.refused.into_iter().map(|(i, why)| (i + offset, why)));
+        self.refused.extend(other.refused);
     }
 }
 
-/// What writing one row version did.
+/// What writing one row version did to the message (its conversation is
+/// reported apart, in [`Written`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Inserted(i64),
     Updated(i64),
     Unchanged(i64),
     Stale(i64),
+}
+
+/// What writing one row version did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub outcome: Outcome,
+    /// The row's conversation metadata changed the conversation.
+    pub conversation_changed: bool,
+}
+
+impl Written {
+    /// Whether the row's state as served to peers changed: the message, or
+    /// the conversation it carries.
+    pub(crate) fn changed(self) -> bool {
+        self.conversation_changed
+            || matches!(self.outcome, Outcome::Inserted(_) | Outcome::Updated(_))
+    }
 }
 
 impl Outcome {
@@ -108,9 +125,17 @@ impl<'t> Materialiser<'t> {
     }
 
     /// Writes one (normalised, validated) row version.
-    pub(crate) fn put(&mut self, row: &Row) -> Result<Outcome> {
+    pub(crate) fn put(&mut self, row: &Row) -> Result<Written> {
         let key = row.key();
-        let conv = self.contribute(row, key.is_some())?;
+        let (conv, conversation_changed) = self.contribute(row, key.is_some())?;
+        let outcome = self.put_message(row, key, conv)?;
+        Ok(Written {
+            outcome,
+            conversation_changed,
+        })
+    }
+
+    fn put_message(&mut self, row: &Row, key: Option<RowKey>, conv: i64) -> Result<Outcome> {
         let hash = row.version_hash();
         let Some(key) = key else {
             return self.put_local_only(row, conv, hash);
@@ -220,10 +245,10 @@ impl<'t> Materialiser<'t> {
         a
     }
 
-    /// Joins the row's conversation metadata into its conversation and
-    /// returns the conversation's id. Local-only rows shape a conversation
-    /// only until a synced row reaches it.
-    fn contribute(&mut self, row: &Row, synced: bool) -> Result<i64> {
+    /// Joins the row's conversation metadata into its conversation; returns
+    /// the conversation's id and whether the join changed it. Local-only
+    /// rows shape a conversation only until a synced row reaches it.
+    fn contribute(&mut self, row: &Row, synced: bool) -> Result<(i64, bool)> {
         let meta = row.conversation.clone().unwrap_or(ConversationMeta {
             first_ts: Some(row.ts),
             last_ts: Some(row.ts),
@@ -235,18 +260,20 @@ impl<'t> Materialiser<'t> {
             self.convs.insert(lookup.clone(), conv);
         }
         let conv = self.convs.get_mut(&lookup).expect("just inserted");
+        let mut changed = false;
         if synced && !conv.synced {
             conv.meta = meta;
             conv.synced = true;
-            conv.dirty = true;
+            changed = true;
         } else if synced == conv.synced {
             let joined = conv.meta.join(&meta);
             if joined != conv.meta {
                 conv.meta = joined;
-                conv.dirty = true;
+                changed = true;
             }
         }
-        Ok(conv.id)
+        conv.dirty |= changed;
+        Ok((conv.id, changed))
     }
 
     fn load_conv(
@@ -372,17 +399,20 @@ impl Store {
                     continue;
                 }
                 let synced = row.msg_id.is_some();
-                let outcome = mat.put(&row)?;
-                match outcome {
-                    Outcome::Inserted(_) if !synced => summary.local_only += 1,
-                    Outcome::Unchanged(_) if !synced => summary.local_only += 1,
+                let written = mat.put(&row)?;
+                match written.outcome {
+                    _ if !synced => summary.local_only += 1,
                     Outcome::Inserted(_) => summary.inserted += 1,
                     Outcome::Updated(_) => summary.updated += 1,
+                    // A newer conversation title on an unchanged message is
+                    // an update of the row as peers see it.
+                    _ if written.changed() => summary.updated += 1,
                     Outcome::Unchanged(_) => summary.unchanged += 1,
                     Outcome::Stale(_) => summary.stale += 1,
                 }
-                if synced && matches!(outcome, Outcome::Inserted(_) | Outcome::Updated(_)) {
-                    own.append(tx, Some(outcome.id()))?;
+                // Every change a peer would see travels as a record.
+                if synced && written.changed() {
+                    own.append(tx, Some(written.outcome.id()))?;
                 }
             }
             mat.flush()?;

@@ -129,20 +129,21 @@ impl Store {
     /// deadline).
     pub fn authenticate(&self, token: &Token, now: Millis) -> Result<AuthOutcome> {
         let digest = token.digest();
-        let grants: Vec<(String, Vec<u8>, Option<Millis>, Option<Millis>)> = {
+        let matched = {
             let r = self.reader()?;
             let mut stmt =
                 r.prepare_cached("SELECT peer, digest, claim_by, revoked_at FROM tokens")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        let mut matched = None;
-        for (peer, stored, claim_by, revoked_at) in grants {
-            // Every grant is compared, whatever matched before.
-            if bool::from(stored.as_slice().ct_eq(&digest[..])) {
-                matched = Some((peer, claim_by, revoked_at));
+            let mut rows = stmt.query([])?;
+            let mut matched: Option<(String, Option<Millis>, Option<Millis>)> = None;
+            while let Some(row) = rows.next()? {
+                let stored = row.get_ref(1)?.as_blob()?;
+                // Every grant is compared, whatever matched before.
+                if bool::from(stored.ct_eq(&digest[..])) {
+                    matched = Some((row.get(0)?, row.get(2)?, row.get(3)?));
+                }
             }
-        }
+            matched
+        };
         let Some((peer, claim_by, revoked_at)) = matched else {
             return Ok(AuthOutcome::Unknown);
         };

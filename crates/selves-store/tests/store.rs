@@ -71,7 +71,7 @@ fn pull(to: &Store, from: &Store, batch: usize) -> u64 {
                     .iter()
                     .find(|m| m.node == h.node && m.stream == h.stream)
                     .map_or(0, |m| m.seq);
-                (h.seq > have).then(|| Range {
+                (h.seq > have).then_some(Range {
                     node: h.node,
                     stream: h.stream,
                     after: have,
@@ -244,6 +244,32 @@ fn concurrent_edits_pick_the_same_winner_everywhere() {
     capture(&b, vec![later]);
     sync(&a.store, &b.store, 100);
     assert_eq!(export(&a.store)[0].text, "later");
+}
+
+/// Found by `any_history_converges`: the same message captured again with
+/// a newer conversation title changed the conversation here but wrote no
+/// record, so peers never learned the title.
+#[test]
+fn a_new_conversation_title_on_an_unchanged_message_propagates() {
+    let a = node(1, "a");
+    let b = node(2, "b");
+    capture(&a, vec![row("c", "1", "same text")]);
+    sync(&a.store, &b.store, 10);
+    let mut retitled = row("c", "1", "same text");
+    let conv = retitled.conversation.as_mut().unwrap();
+    conv.title = Some("a better title".into());
+    conv.last_ts = Some(2000);
+    let s = capture(&a, vec![retitled]);
+    assert_eq!(s.updated, 1);
+    sync(&a.store, &b.store, 10);
+    let title = export(&b.store)[0]
+        .conversation
+        .as_ref()
+        .unwrap()
+        .title
+        .clone();
+    assert_eq!(title.as_deref(), Some("a better title"));
+    assert_converged(&[&a.store, &b.store]);
 }
 
 #[test]
@@ -545,7 +571,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Whatever happens in whatever order, once every pair has synced all
     /// nodes hold the same heads, digest and rows: replication is

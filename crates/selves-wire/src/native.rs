@@ -33,7 +33,16 @@ pub struct NodeInfo {
     pub name: Name,
 }
 
-/// `GET /v1/hello`: who the server is, what it holds, what it accepts.
+/// `POST /v1/hello`: the caller says who it is and which protocol it
+/// speaks; the server answers with [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloRequest {
+    pub protocol: ProtocolVersion,
+    pub node: NodeInfo,
+}
+
+/// The answer to `POST /v1/hello`: who the server is, what it holds, what
+/// it accepts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     pub protocol: ProtocolVersion,

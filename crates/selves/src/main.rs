@@ -1,1 +1,134 @@
-fn main() {}
+//! `selves`: keeps an AI assistant's memory converged across every machine
+//! it runs on. This binary is glue: it parses the command line, finds the
+//! node's home, and drives the store, server and client crates.
+
+mod commands;
+mod demo;
+mod home;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "selves",
+    version,
+    about = "Keeps an AI assistant's memory converged across every machine it runs on",
+    long_about = "Keeps an AI assistant's memory converged across every machine it runs on.\n\n\
+        Each node keeps a full local copy in SQLite and syncs with its peers over pinned HTTPS.\n\
+        The node lives in SELVES_HOME (default ~/.selves).",
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, \
+        5 peer unreachable, 6 certificate refused, 7 protocol version mismatch."
+)]
+struct Cli {
+    /// The node's home directory [default: $SELVES_HOME or ~/.selves]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// More log output on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create this node: id, name, TLS certificate, config and store
+    Init(commands::node::InitArgs),
+    /// Serve this node to its peers over HTTPS (foreground)
+    Serve(commands::serve::ServeArgs),
+    /// Mint a token for a peer and print a one-line pair blob for it
+    Invite(commands::peers::InviteArgs),
+    /// Register a hub from a pair blob (and check it answers)
+    Pair(commands::peers::PairArgs),
+    /// Manage peers: the ones this node dials and the ones it let in
+    #[command(subcommand)]
+    Peer(commands::peers::PeerCommand),
+    /// Replace a peer's token (the old one stops working) and print a new pair blob
+    RotateToken(commands::peers::RotateArgs),
+    /// Write one message into memory
+    Remember(commands::memory::RememberArgs),
+    /// Import rows (JSON lines, the memex Row shape) into memory
+    Import(commands::memory::ImportArgs),
+    /// Print every row as JSON lines, in a stable order
+    Export(commands::memory::ExportArgs),
+    /// Full-text search over memory
+    Search(commands::memory::SearchArgs),
+    /// Sync with a peer (or all peers), both directions
+    Sync(commands::sync::SyncArgs),
+    /// Check that this node and a peer hold the same memory
+    Verify(commands::sync::VerifyArgs),
+    /// This node, its memory, heads and peers
+    Status(commands::node::StatusArgs),
+    /// Check the database and the record logs for damage
+    Check(commands::node::CheckArgs),
+    /// Run a local demo: three nodes syncing real data on loopback
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = output::exit_code(&e);
+            if e.downcast_ref::<output::Exit>().is_none() {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = cli.home;
+    match cli.command {
+        Command::Init(a) => commands::node::init(home, a),
+        Command::Serve(a) => commands::serve::serve(home, a),
+        Command::Invite(a) => commands::peers::invite(home, a),
+        Command::Pair(a) => commands::peers::pair(home, a),
+        Command::Peer(c) => commands::peers::peer(home, c),
+        Command::RotateToken(a) => commands::peers::rotate(home, a),
+        Command::Remember(a) => commands::memory::remember(home, a),
+        Command::Import(a) => commands::memory::import(home, a),
+        Command::Export(a) => commands::memory::export(home, a),
+        Command::Search(a) => commands::memory::search(home, a),
+        Command::Sync(a) => commands::sync::sync(home, a),
+        Command::Verify(a) => commands::sync::verify(home, a),
+        Command::Status(a) => commands::node::status(home, a),
+        Command::Check(a) => commands::node::check(home, a),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+/// Logs go to stderr; `SELVES_LOG=debug` or `-v` raise the level.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::filter::LevelFilter;
+    let from_env = std::env::var("SELVES_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok());
+    let level = from_env.unwrap_or(match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+}
+
+/// Builds the runtime for a command that talks to the network.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,305 @@
+//! One peer's HTTPS endpoint, spoken to with its pinned certificate and
+//! bearer token. Responses are classified into [`SyncError`]s that say
+//! whether retrying can help.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use selves_wire::native::{
+    self, DigestResponse, ErrorBody, Hello, HelloRequest, PullRequest, PushResponse,
+};
+use selves_wire::{CertFingerprint, Token};
+
+use crate::tls::{PinMismatch, Trust, client_config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(
+        "{url} refused our token ({detail}): token revoked or wrong: re-pair with a new invite"
+    )]
+    Unauthorized { url: String, detail: String },
+    #[error(
+        "{url} speaks selves protocol {theirs}, this node speaks {ours}: upgrade selves on the older side"
+    )]
+    ProtocolMismatch { url: String, theirs: u32, ours: u32 },
+    #[error(
+        "{url} presented certificate {found}, but this peer is pinned to {expected}: refusing to send anything. If the hub's certificate really changed, pair again with a new invite"
+    )]
+    PinMismatch {
+        url: String,
+        expected: CertFingerprint,
+        found: CertFingerprint,
+    },
+    #[error(
+        "{url} presented the pinned certificate but could not prove it holds its key: someone else may be answering at this address. Nothing was sent"
+    )]
+    ForgedCertificate { url: String },
+    #[error("TLS with {url} failed: {detail}")]
+    Tls { url: String, detail: String },
+    #[error("cannot reach {url}: {detail}")]
+    Network { url: String, detail: String },
+    #[error("{url} failed with {status}: {detail}")]
+    Server {
+        url: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("{url} is rate limiting us: retry after {} s", retry_after.as_secs())]
+    RateLimited { url: String, retry_after: Duration },
+    #[error("{url} refused a body as too large")]
+    PayloadTooLarge { url: String },
+    #[error(
+        "{url} refused the request as malformed ({detail}): this is a bug in one of the two nodes"
+    )]
+    BadRequest { url: String, detail: String },
+    #[error("{url} answered {code}: {detail}")]
+    Conflict {
+        url: String,
+        code: String,
+        detail: String,
+    },
+    #[error("{url} is this node itself (same node id): nothing to sync")]
+    SameNode { url: String },
+    #[error("{url} sent something this node cannot read: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] selves_store::StoreError),
+}
+
+impl SyncError {
+    /// Whether the same request may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SyncError::Network { .. }
+            | SyncError::Server { .. }
+            | SyncError::RateLimited { .. } => true,
+            SyncError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// A short class for status and exit codes.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SyncError::Unauthorized { .. } => "auth",
+            SyncError::ProtocolMismatch { .. } => "version",
+            SyncError::PinMismatch { .. } | SyncError::ForgedCertificate { .. } => "certificate",
+            SyncError::Tls { .. } => "tls",
+            SyncError::Network { .. } => "network",
+            SyncError::Server { .. } => "server",
+            SyncError::RateLimited { .. } => "rate-limited",
+            SyncError::PayloadTooLarge { .. } => "too-large",
+            SyncError::BadRequest { .. } | SyncError::Protocol { .. } => "protocol",
+            SyncError::Conflict { .. } | SyncError::SameNode { .. } => "conflict",
+            SyncError::Store(_) => "store",
+        }
+    }
+}
+
+/// Where a peer is and how it is trusted.
+#[derive(Debug, Clone)]
+pub struct PeerTarget {
+    /// `https://host:port`, no trailing slash.
+    pub url: String,
+    pub token: Token,
+    pub trust: Trust,
+}
+
+pub struct PeerClient {
+    http: reqwest::Client,
+    target: PeerTarget,
+}
+
+impl PeerClient {
+    pub fn new(target: PeerTarget) -> Result<Self, SyncError> {
+        let tls = client_config(target.trust).map_err(|e| SyncError::Tls {
+            url: target.url.clone(),
+            detail: e.to_string(),
+        })?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .user_agent(concat!("selves/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SyncError::Tls {
+                url: target.url.clone(),
+                detail: e.to_string(),
+            })?;
+        Ok(PeerClient { http, target })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    pub async fn hello(&self, req: &HelloRequest) -> Result<Hello, SyncError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        let bytes = self.send(self.post(native::path::HELLO, body)).await?;
+        self.parse(&bytes)
+    }
+
+    pub async fn digest(&self) -> Result<DigestResponse, SyncError> {
+        let bytes = self.send(self.get(native::path::DIGEST)).await?;
+        self.parse(&bytes)
+    }
+
+    /// The raw pull response, parsed by the caller off the async threads.
+    pub async fn pull(&self, req: &PullRequest) -> Result<bytes::Bytes, SyncError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        self.send(self.post(native::path::PULL, body)).await
+    }
+
+    /// Pushes a serialised [`native::PushRequest`].
+    pub async fn push(&self, body: Vec<u8>) -> Result<PushResponse, SyncError> {
+        let bytes = self.send(self.post(native::path::PUSH, body)).await?;
+        self.parse(&bytes)
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .get(format!("{}{path}", self.target.url))
+            .bearer_auth(self.target.token.to_hex())
+    }
+
+    fn post(&self, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}{path}", self.target.url))
+            .bearer_auth(self.target.token.to_hex())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, SyncError> {
+        serde_json::from_slice(bytes).map_err(|e| self.protocol(e))
+    }
+
+    fn protocol(&self, e: impl std::fmt::Display) -> SyncError {
+        SyncError::Protocol {
+            url: self.target.url.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, SyncError> {
+        let url = self.target.url.clone();
+        let resp = req.send().await.map_err(|e| classify_transport(&url, &e))?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| classify_transport(&url, &e))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let detail = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.detail.unwrap_or(b.error))
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+        Err(match status {
+            StatusCode::UNAUTHORIZED => SyncError::Unauthorized { url, detail },
+            StatusCode::BAD_REQUEST => SyncError::BadRequest { url, detail },
+            StatusCode::PAYLOAD_TOO_LARGE => SyncError::PayloadTooLarge { url },
+            StatusCode::TOO_MANY_REQUESTS => SyncError::RateLimited {
+                url,
+                retry_after: Duration::from_secs(retry_after.unwrap_or(1)),
+            },
+            StatusCode::CONFLICT => {
+                let code = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|b| b.error)
+                    .unwrap_or_default();
+                SyncError::Conflict { url, code, detail }
+            }
+            s if s.is_server_error() => SyncError::Server {
+                url,
+                status: s.as_u16(),
+                detail,
+            },
+            s => SyncError::Protocol {
+                url,
+                detail: format!("unexpected status {s}: {detail}"),
+            },
+        })
+    }
+}
+
+/// Tells certificate refusals (never retried) from network trouble.
+fn classify_transport(url: &str, e: &reqwest::Error) -> SyncError {
+    match find_tls_error(e) {
+        Some(tls) => classify_tls(url, tls),
+        None => SyncError::Network {
+            url: url.to_owned(),
+            detail: error_chain(e),
+        },
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain. An `io::Error` hides the
+/// error it wraps from `source()`, so look inside it too.
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if let Some(tls) = inner.and_then(|inner| find_tls_error(inner)) {
+            return Some(tls);
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn classify_tls(url: &str, tls: &rustls::Error) -> SyncError {
+    match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            match other.0.downcast_ref::<PinMismatch>() {
+                Some(m) => SyncError::PinMismatch {
+                    url: url.to_owned(),
+                    expected: m.expected,
+                    found: m.found,
+                },
+                None => SyncError::Tls {
+                    url: url.to_owned(),
+                    detail: tls.to_string(),
+                },
+            }
+        }
+        // The key that signed the handshake is not the pinned certificate's.
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature
+            | rustls::CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => SyncError::ForgedCertificate {
+            url: url.to_owned(),
+        },
+        other => SyncError::Tls {
+            url: url.to_owned(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,587 @@
+//! The replicator: one sync round with one peer.
+//!
+//! 1. `hello`: protocol check, the peer's identity, heads and limits.
+//! 2. Pull every (node, stream) where the peer is ahead, batch by batch;
+//!    each batch is applied in one durable transaction while the next one
+//!    is already being fetched.
+//! 3. Push every (node, stream) where this node is ahead; the next body is
+//!    prepared while the current one is in flight, and the peer answers
+//!    only once it has committed.
+//!
+//! Nothing here keeps a cursor: progress is the receiving side's heads,
+//! which move only with its commits. A round killed at any point is simply
+//! run again and resumes from those heads, with nothing lost or doubled.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use selves_store::{IncomingBatch, Store};
+use selves_wire::native::{
+    Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range,
+    RawPullResponse, Voided,
+};
+use selves_wire::{NodeId, StreamName};
+
+use crate::peer::{PeerClient, SyncError};
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Records per request at most; `None` uses the peer's limits.
+    pub batch_records: Option<u32>,
+    /// Tries per request when a failure may pass (network, 5xx).
+    pub attempts: u32,
+    /// First backoff; doubles per retry up to 30 s.
+    pub backoff: Duration,
+    /// The longest Retry-After honoured; a longer one ends the round.
+    pub max_wait: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            batch_records: None,
+            attempts: 5,
+            backoff: Duration::from_millis(250),
+            max_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the round tells whoever shows progress. All methods default to
+/// doing nothing.
+pub trait Progress: Send + Sync {
+    fn planned(&self, _to_pull: u64, _to_push: u64) {}
+    fn pulled(&self, _records: u64) {}
+    fn pushed(&self, _records: u64) {}
+    fn waiting(&self, _why: &str, _wait: Duration) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub peer: NodeInfo,
+    /// Records received and stored here.
+    pub pulled: u64,
+    /// Records the peer newly stored.
+    pub pushed: u64,
+    /// Rows whose state changed here.
+    pub changed_rows: u64,
+    /// Records either side already held (harmless repeats).
+    pub duplicates: u64,
+    /// Records refused for their content, on either side, kept as void.
+    pub voided: Vec<Voided>,
+    pub retries: u32,
+    pub rate_limited: u32,
+    pub elapsed_ms: u64,
+    /// When the last record moved was durable on its receiver.
+    pub durable_ms: u64,
+}
+
+impl SyncReport {
+    pub fn up_to_date(&self) -> bool {
+        self.pulled == 0 && self.pushed == 0
+    }
+}
+
+struct Counters {
+    retries: AtomicU32,
+    rate_limited: AtomicU32,
+}
+
+/// Runs one full round with the peer behind `client`.
+pub async fn sync(
+    store: Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let counters = Counters {
+        retries: AtomicU32::new(0),
+        rate_limited: AtomicU32::new(0),
+    };
+    let mut report: Option<SyncReport> = None;
+    // A gap means the peer's heads moved under us (another client relayed
+    // the same records): one fresh round settles it.
+    for round in 0..2 {
+        match run_round(&store, client, opts, progress, &counters, started).await {
+            Ok(r) => {
+                report = Some(match report {
+                    None => r,
+                    Some(prev) => merge(prev, r),
+                });
+                break;
+            }
+            Err(SyncError::Conflict { code, .. }) if code == "gap" && round == 0 => {
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut report = report.expect("a round either returned or succeeded");
+    report.retries = counters.retries.load(Ordering::Relaxed);
+    report.rate_limited = counters.rate_limited.load(Ordering::Relaxed);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn merge(a: SyncReport, b: SyncReport) -> SyncReport {
+    let mut voided = a.voided;
+    voided.extend(b.voided);
+    SyncReport {
+        peer: b.peer,
+        pulled: a.pulled + b.pulled,
+        pushed: a.pushed + b.pushed,
+        changed_rows: a.changed_rows + b.changed_rows,
+        duplicates: a.duplicates + b.duplicates,
+        voided,
+        retries: 0,
+        rate_limited: 0,
+        elapsed_ms: 0,
+        durable_ms: a.durable_ms.max(b.durable_ms),
+    }
+}
+
+/// The peer's identity and heads, after the protocol handshake.
+pub async fn handshake(
+    store: &Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<Hello, SyncError> {
+    let counters = Counters {
+        retries: AtomicU32::new(0),
+        rate_limited: AtomicU32::new(0),
+    };
+    handshake_counted(store, client, opts, progress, &counters).await
+}
+
+async fn handshake_counted(
+    store: &Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+) -> Result<Hello, SyncError> {
+    let me = store.me();
+    let req = HelloRequest {
+        protocol: PROTOCOL,
+        node: NodeInfo {
+            id: me.id.clone(),
+            name: me.name.clone(),
+        },
+    };
+    let hello = retry(opts, progress, counters, || client.hello(&req)).await?;
+    if hello.protocol.major != PROTOCOL.major {
+        return Err(SyncError::ProtocolMismatch {
+            url: client.url().to_owned(),
+            theirs: hello.protocol.major,
+            ours: PROTOCOL.major,
+        });
+    }
+    if hello.node.id == store.me().id {
+        return Err(SyncError::SameNode {
+            url: client.url().to_owned(),
+        });
+    }
+    let mut names = hello.nodes.clone();
+    names.push(hello.node.clone());
+    let s = store.clone();
+    blocking(move || Ok(s.learn_nodes(&names)?)).await?;
+    Ok(hello)
+}
+
+async fn run_round(
+    store: &Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    let hello = handshake_counted(store, client, opts, progress, counters).await?;
+    let s = store.clone();
+    let ours = blocking(move || Ok(s.heads()?)).await?;
+    let carried = store.streams();
+    let to_pull = ahead(&hello.heads, &ours, |s| carried.contains(s));
+    let to_push = ahead(&ours, &hello.heads, |s| hello.streams.contains(s));
+    progress.planned(remaining(&to_pull), remaining(&to_push));
+
+    let mut report = SyncReport {
+        peer: hello.node.clone(),
+        pulled: 0,
+        pushed: 0,
+        changed_rows: 0,
+        duplicates: 0,
+        voided: Vec::new(),
+        retries: 0,
+        rate_limited: 0,
+        elapsed_ms: 0,
+        durable_ms: 0,
+    };
+    let batch_records = opts.batch_records.map_or(u32::MAX, |b| b.max(1));
+    pull_all(
+        store,
+        client,
+        opts,
+        progress,
+        counters,
+        to_pull,
+        batch_records,
+        started,
+        &mut report,
+    )
+    .await?;
+    let push_records = batch_records.min(hello.limits.max_push_records).max(1);
+    push_all(
+        store,
+        client,
+        opts,
+        progress,
+        counters,
+        to_push,
+        push_records,
+        hello.limits.max_body_bytes,
+        started,
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// A (node, stream) to move: records after `after` up to `target`.
+#[derive(Debug, Clone)]
+struct Want {
+    node: NodeId,
+    stream: StreamName,
+    after: u64,
+    target: u64,
+}
+
+/// Where `from` is ahead of `to`, for streams `carry` accepts.
+fn ahead(from: &[Head], to: &[Head], carry: impl Fn(&StreamName) -> bool) -> Vec<Want> {
+    from.iter()
+        .filter(|h| carry(&h.stream))
+        .filter_map(|h| {
+            let have = to
+                .iter()
+                .find(|t| t.node == h.node && t.stream == h.stream)
+                .map_or(0, |t| t.seq);
+            (h.seq > have).then(|| Want {
+                node: h.node.clone(),
+                stream: h.stream.clone(),
+                after: have,
+                target: h.seq,
+            })
+        })
+        .collect()
+}
+
+fn remaining(wants: &[Want]) -> u64 {
+    wants.iter().map(|w| w.target - w.after).sum()
+}
+
+fn ranges(wants: &[Want]) -> Vec<Range> {
+    wants
+        .iter()
+        .map(|w| Range {
+            node: w.node.clone(),
+            stream: w.stream.clone(),
+            after: w.after,
+        })
+        .collect()
+}
+
+/// Moves each want past the records in `ends` ((node, stream, last seq))
+/// and drops the finished ones.
+fn advance(wants: &mut Vec<Want>, ends: &[(NodeId, StreamName, u64)]) {
+    for (node, stream, end) in ends {
+        if let Some(w) = wants
+            .iter_mut()
+            .find(|w| &w.node == node && &w.stream == stream)
+        {
+            w.after = w.after.max(*end);
+        }
+    }
+    wants.retain(|w| w.after < w.target);
+}
+
+struct Parsed {
+    batches: Vec<IncomingBatch>,
+    ends: Vec<(NodeId, StreamName, u64)>,
+    records: u64,
+}
+
+fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
+    let raw: RawPullResponse = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut parsed = Parsed {
+        batches: Vec::with_capacity(raw.batches.len()),
+        ends: Vec::new(),
+        records: 0,
+    };
+    for b in &raw.batches {
+        let n = b.records.len() as u64;
+        if n == 0 {
+            continue;
+        }
+        if b.start == 0 {
+            return Err("records are numbered from 1".into());
+        }
+        parsed.records += n;
+        parsed
+            .ends
+            .push((b.node.clone(), b.stream.clone(), b.start + n - 1));
+        parsed.batches.push(IncomingBatch {
+            node: b.node.clone(),
+            stream: b.stream.clone(),
+            start: b.start,
+            records: b.parse(),
+        });
+    }
+    Ok(parsed)
+}
+
+async fn fetch(
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+    req: PullRequest,
+) -> Result<Parsed, SyncError> {
+    let bytes = retry(opts, progress, counters, || client.pull(&req)).await?;
+    let url = client.url().to_owned();
+    tokio::task::spawn_blocking(move || parse_pull(&bytes))
+        .await
+        .map_err(|e| SyncError::Protocol {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?
+        .map_err(|detail| SyncError::Protocol { url, detail })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull_all(
+    store: &Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+    mut wants: Vec<Want>,
+    batch_records: u32,
+    started: Instant,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if wants.is_empty() {
+        return Ok(());
+    }
+    let request = |wants: &[Want]| PullRequest {
+        ranges: ranges(wants),
+        max_records: (batch_records != u32::MAX).then_some(batch_records),
+        max_bytes: None,
+    };
+    let mut next = fetch(client, opts, progress, counters, request(&wants)).await?;
+    loop {
+        let parsed = next;
+        if parsed.records == 0 {
+            return Err(SyncError::Protocol {
+                url: client.url().to_owned(),
+                detail: format!(
+                    "it announced {} more records but sent none",
+                    remaining(&wants)
+                ),
+            });
+        }
+        advance(&mut wants, &parsed.ends);
+        let s = store.clone();
+        let batches = parsed.batches;
+        let apply = blocking(move || Ok(s.apply(batches)?));
+        let prefetch = async {
+            if wants.is_empty() {
+                None
+            } else {
+                Some(fetch(client, opts, progress, counters, request(&wants)).await)
+            }
+        };
+        let (applied, fetched) = tokio::join!(apply, prefetch);
+        let summary = applied?;
+        report.pulled += summary.accepted;
+        report.duplicates += summary.duplicates;
+        report.changed_rows += summary.changed_rows;
+        report.voided.extend(summary.voided);
+        report.durable_ms = started.elapsed().as_millis() as u64;
+        progress.pulled(parsed.records);
+        match fetched {
+            None => return Ok(()),
+            Some(result) => next = result?,
+        }
+    }
+}
+
+struct Prepared {
+    body: bytes::Bytes,
+    records: u32,
+    ends: Vec<(NodeId, StreamName, u64)>,
+}
+
+async fn prepare(
+    store: &Arc<Store>,
+    wants: &[Want],
+    max_records: u32,
+    max_bytes: u64,
+) -> Result<Prepared, SyncError> {
+    let s = store.clone();
+    let ranges = ranges(wants);
+    blocking(move || {
+        let read = s.read_ranges(&ranges, max_records as usize, max_bytes as usize)?;
+        let ends = read
+            .batches
+            .iter()
+            .map(|b| {
+                (
+                    b.node.clone(),
+                    b.stream.clone(),
+                    b.start + b.records.len() as u64 - 1,
+                )
+            })
+            .collect();
+        let body = serde_json::to_vec(&PushRequest {
+            batches: read.batches,
+        })
+        .map_err(|e| {
+            SyncError::Store(selves_store::StoreError::Io {
+                path: "<push body>".into(),
+                source: std::io::Error::other(e),
+            })
+        })?;
+        Ok(Prepared {
+            body: body.into(),
+            records: read.records as u32,
+            ends,
+        })
+    })
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn push_all(
+    store: &Arc<Store>,
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+    mut wants: Vec<Want>,
+    mut batch_records: u32,
+    max_body: u64,
+    started: Instant,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    // Records are sized by estimate; aim well under the limit so a body
+    // almost never has to be cut again.
+    let byte_budget = (max_body / 2).max(1);
+    let mut next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
+    while let Some(prepared) = next.take() {
+        if prepared.records == 0 {
+            break;
+        }
+        if prepared.body.len() as u64 > max_body {
+            if prepared.records == 1 {
+                return Err(SyncError::PayloadTooLarge {
+                    url: client.url().to_owned(),
+                });
+            }
+            batch_records = (prepared.records / 2).max(1);
+            next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
+            continue;
+        }
+        let mut after = wants.clone();
+        advance(&mut after, &prepared.ends);
+        let body = prepared.body.clone();
+        let send = retry(opts, progress, counters, || client.push(body.to_vec()));
+        let prefetch = async {
+            if after.is_empty() {
+                None
+            } else {
+                Some(prepare(store, &after, batch_records, byte_budget).await)
+            }
+        };
+        let (sent, prepared_next) = tokio::join!(send, prefetch);
+        match sent {
+            Ok(resp) => {
+                report.pushed += resp.accepted;
+                report.duplicates += resp.duplicates;
+                report.voided.extend(resp.voided);
+                report.durable_ms = started.elapsed().as_millis() as u64;
+                progress.pushed(u64::from(prepared.records));
+                wants = after;
+                next = prepared_next.transpose()?;
+            }
+            Err(SyncError::PayloadTooLarge { url }) => {
+                if prepared.records == 1 {
+                    return Err(SyncError::PayloadTooLarge { url });
+                }
+                batch_records = (prepared.records / 2).max(1);
+                progress.waiting(
+                    "the peer refused a batch as too large; halving",
+                    Duration::ZERO,
+                );
+                next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        SyncError::Store(selves_store::StoreError::Io {
+            path: "<worker>".into(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?
+}
+
+/// Runs `f` until it succeeds, retrying what may pass with exponential
+/// backoff and waiting out rate limits as the peer asks.
+async fn retry<T, F, Fut>(
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+    counters: &Counters,
+    mut f: F,
+) -> Result<T, SyncError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SyncError>>,
+{
+    let mut failures = 0;
+    let mut backoff = opts.backoff;
+    let mut waits = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(SyncError::RateLimited { url, retry_after }) => {
+                if retry_after > opts.max_wait || waits >= 1000 {
+                    return Err(SyncError::RateLimited { url, retry_after });
+                }
+                waits += 1;
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                progress.waiting("rate limited by the peer", retry_after);
+                tokio::time::sleep(retry_after).await;
+            }
+            Err(e) if e.is_retryable() && failures + 1 < opts.attempts => {
+                failures += 1;
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                progress.waiting(&e.to_string(), backoff);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

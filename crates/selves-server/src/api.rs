@@ -1,0 +1,326 @@
+//! The HTTP API: routes, bearer authentication, per-token rate limits and
+//! the native sync handlers. Handlers hand store work to blocking threads.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use selves_store::{AuthOutcome, IncomingBatch, Store};
+use selves_wire::native::{
+    self, DigestResponse, Hello, HelloRequest, Limits, NodeInfo, PROTOCOL, PullRequest,
+    PullResponse, PushResponse, RawPushRequest,
+};
+use selves_wire::{Name, Token};
+use tokio::sync::Notify;
+
+use crate::error::ApiError;
+
+/// Requests per minute and burst allowed per token.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+pub(crate) struct App {
+    pub store: Arc<Store>,
+    pub limits: Limits,
+    pub software: String,
+    pub limiter: DefaultKeyedRateLimiter<String>,
+    pub index_kick: Arc<Notify>,
+    /// When each peer's `last_seen_at` was last written, so it is written
+    /// at most once a minute.
+    pub seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl App {
+    pub fn new(
+        store: Arc<Store>,
+        limits: Limits,
+        rate: RateLimit,
+        software: String,
+        index_kick: Arc<Notify>,
+    ) -> Self {
+        let quota = Quota::per_minute(rate.per_minute).allow_burst(rate.burst);
+        App {
+            store,
+            limits,
+            software,
+            limiter: RateLimiter::keyed(quota),
+            index_kick,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// The caller, as authenticated by its token.
+#[derive(Debug, Clone)]
+struct Caller(Name);
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(native::path::HELLO, post(hello))
+        .route(native::path::PULL, post(pull))
+        .route(native::path::PUSH, post(push))
+        .route(native::path::DIGEST, get(digest))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(app)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Token, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    let text = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    text.parse()
+        .map_err(|_| ApiError::Unauthorized("malformed bearer token".into()))
+}
+
+/// Checks the bearer token, then the caller's rate limit.
+async fn authenticate(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(req.headers())?;
+    let store = app.store.clone();
+    let outcome = blocking(move || Ok(store.authenticate(&token, now_ms())?)).await?;
+    let peer = match outcome {
+        AuthOutcome::Ok(peer) => peer,
+        AuthOutcome::Unknown => return Err(ApiError::Unauthorized("unknown token".into())),
+        AuthOutcome::Revoked(p) => {
+            return Err(ApiError::Unauthorized(format!(
+                "the token of {p} was revoked"
+            )));
+        }
+        AuthOutcome::Expired(p) => {
+            return Err(ApiError::Unauthorized(format!(
+                "the invite for {p} expired before it was used"
+            )));
+        }
+    };
+    if let Err(not_until) = app.limiter.check_key(&peer.to_string()) {
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        return Err(ApiError::RateLimited {
+            retry_after: wait.max(Duration::from_secs(1)),
+        });
+    }
+    note_seen(&app, &peer).await;
+    req.extensions_mut().insert(Caller(peer));
+    Ok(next.run(req).await)
+}
+
+async fn note_seen(app: &Arc<App>, peer: &Name) {
+    let due = {
+        let mut seen = app.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.get(peer.as_str());
+        let due = last.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            seen.insert(peer.to_string(), Instant::now());
+        }
+        due
+    };
+    if due {
+        let store = app.store.clone();
+        let peer = peer.clone();
+        // Best effort: a status timestamp is not worth failing a request.
+        let _ = blocking(move || Ok(store.touch_token(&peer, now_ms())?)).await;
+    }
+}
+
+/// Reads a body of at most `limit` bytes (after decompression).
+async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let compressed = headers.contains_key(header::CONTENT_ENCODING);
+    if !compressed && declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|e| {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::PayloadTooLarge { limit };
+                }
+                source = err.source();
+            }
+            ApiError::BadRequest(format!("could not read the body: {e}"))
+        })
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+async fn hello(
+    State(app): State<Arc<App>>,
+    Extension(Caller(you)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Hello>, ApiError> {
+    let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
+    let req: HelloRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed hello: {e}")))?;
+    // A caller of another major version gets our hello all the same: it
+    // is the caller that refuses, with an upgrade message.
+    let store = app.store.clone();
+    let (heads, nodes) = blocking(move || {
+        if req.node.id != store.me().id {
+            store.learn_nodes(std::slice::from_ref(&req.node))?;
+        }
+        Ok((store.heads()?, store.known_nodes()?))
+    })
+    .await?;
+    let me = app.store.me();
+    Ok(Json(Hello {
+        protocol: PROTOCOL,
+        software: app.software.clone(),
+        node: NodeInfo {
+            id: me.id.clone(),
+            name: me.name.clone(),
+        },
+        you,
+        streams: app.store.streams(),
+        heads,
+        nodes,
+        limits: app.limits,
+        server_now_ms: now_ms(),
+    }))
+}
+
+async fn pull(
+    State(app): State<Arc<App>>,
+    Extension(Caller(peer)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
+    let limits = app.limits;
+    let store = app.store.clone();
+    let started = Instant::now();
+    let (json, records) = blocking(move || {
+        let req: PullRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed pull request: {e}")))?;
+        if req.ranges.len() > 10_000 {
+            return Err(ApiError::BadRequest("more than 10000 ranges".into()));
+        }
+        let max_records = req
+            .max_records
+            .unwrap_or(limits.max_pull_records)
+            .clamp(1, limits.max_pull_records) as usize;
+        let max_bytes = req
+            .max_bytes
+            .unwrap_or(limits.max_pull_bytes)
+            .clamp(1, limits.max_pull_bytes) as usize;
+        let read = store.read_ranges(&req.ranges, max_records, max_bytes)?;
+        let resp = PullResponse {
+            batches: read.batches,
+            more: read.more,
+        };
+        let json = serde_json::to_vec(&resp).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((json, read.records))
+    })
+    .await?;
+    tracing::debug!(%peer, records, bytes = json.len(), ms = started.elapsed().as_millis() as u64, "pull");
+    Ok(json_bytes(json))
+}
+
+async fn push(
+    State(app): State<Arc<App>>,
+    Extension(Caller(peer)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PushResponse>, ApiError> {
+    let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
+    let max_records = app.limits.max_push_records as usize;
+    let store = app.store.clone();
+    let started = Instant::now();
+    let summary = blocking(move || {
+        let req: RawPushRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed push request: {e}")))?;
+        let n: usize = req.batches.iter().map(|b| b.records.len()).sum();
+        if n > max_records {
+            return Err(ApiError::BadRequest(format!(
+                "{n} records in one push; this server takes at most {max_records}"
+            )));
+        }
+        if req.batches.iter().any(|b| b.start == 0) {
+            return Err(ApiError::BadRequest("records are numbered from 1".into()));
+        }
+        let incoming = req
+            .batches
+            .iter()
+            .map(|b| IncomingBatch {
+                node: b.node.clone(),
+                stream: b.stream.clone(),
+                start: b.start,
+                records: b.parse(),
+            })
+            .collect();
+        Ok(store.apply(incoming)?)
+    })
+    .await?;
+    if summary.changed_rows > 0 {
+        app.index_kick.notify_one();
+    }
+    tracing::info!(
+        %peer,
+        accepted = summary.accepted,
+        duplicates = summary.duplicates,
+        voided = summary.voided.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "push applied"
+    );
+    Ok(Json(PushResponse {
+        accepted: summary.accepted,
+        duplicates: summary.duplicates,
+        voided: summary.voided,
+        heads: summary.heads,
+    }))
+}
+
+async fn digest(State(app): State<Arc<App>>) -> Result<Json<DigestResponse>, ApiError> {
+    let store = app.store.clone();
+    let (heads, memory) = blocking(move || Ok(store.digest()?)).await?;
+    let me = app.store.me();
+    Ok(Json(DigestResponse {
+        node: NodeInfo {
+            id: me.id.clone(),
+            name: me.name.clone(),
+        },
+        heads,
+        memory,
+    }))
+}

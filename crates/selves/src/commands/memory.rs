@@ -1,0 +1,349 @@
+//! `remember`, `import`, `export`, `search`: memory on this node.
+
+use std::io::{BufRead as _, BufWriter, Read as _, Write as _};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use selves_store::{CaptureOptions, CaptureSummary, SearchQuery, Store};
+use selves_wire::row::format_uuid_v4;
+use selves_wire::{ConversationMeta, Row};
+
+use crate::home::Home;
+use crate::output::{self, Exit, code, now_ms};
+
+/// Rows per import transaction.
+const IMPORT_BATCH: usize = 5000;
+
+#[derive(Args)]
+pub struct RememberArgs {
+    /// The text; `-` reads it from standard input
+    #[arg(required = true, num_args = 1..)]
+    text: Vec<String>,
+    #[arg(long, default_value = "selves")]
+    source: String,
+    #[arg(long, default_value = "notes")]
+    conversation: String,
+    #[arg(long)]
+    role: Option<String>,
+    #[arg(long)]
+    sender: Option<String>,
+    #[arg(long)]
+    channel: Option<String>,
+    /// The conversation's title
+    #[arg(long)]
+    title: Option<String>,
+    /// A stable id for the message; an existing one is edited [default: a new uuid]
+    #[arg(long)]
+    msg_id: Option<String>,
+}
+
+pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let text = if args.text == ["-"] {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the text from standard input (it must be UTF-8)")?;
+        s
+    } else {
+        args.text.join(" ")
+    };
+    let now = now_ms();
+    let previous = match &args.msg_id {
+        Some(id) => store.get_row(&args.source, &args.conversation, id)?,
+        None => None,
+    };
+    let msg_id = args.msg_id.clone().unwrap_or_else(new_uuid);
+    let row = match previous {
+        // An edit: a new version that wins over what this node holds, even
+        // if this machine's clock is behind the one that wrote it.
+        Some(old) => Row {
+            text,
+            role: args.role.unwrap_or(old.role),
+            sender: args.sender.or(old.sender),
+            channel: args.channel.or(old.channel),
+            edited_at: Some(now.max(old.edited_at.unwrap_or(0) + 1)),
+            conversation: old.conversation.map(|c| ConversationMeta {
+                title: args.title.clone().or(c.title),
+                ..c
+            }),
+            ..old
+        },
+        None => Row {
+            source: args.source.clone(),
+            conversation_id: args.conversation.clone(),
+            msg_id: Some(msg_id.clone()),
+            uuid: Some(new_uuid()),
+            role: args.role.unwrap_or_else(|| "user".to_owned()),
+            sender: args.sender,
+            text,
+            ts: now / 1000,
+            edited_at: None,
+            channel: args.channel,
+            metadata: None,
+            origin: Some(home.name().to_string()),
+            conversation: Some(ConversationMeta {
+                title: args.title,
+                first_ts: Some(now / 1000),
+                last_ts: Some(now / 1000),
+                project_path: None,
+                parent_conversation_id: None,
+            }),
+        },
+    };
+    let edit = row.edited_at.is_some();
+    let summary = store.capture(
+        vec![row],
+        &CaptureOptions {
+            stamp_origin: Some(home.name().to_string()),
+        },
+    )?;
+    if let Some((_, why)) = summary.refused.first() {
+        bail!("not remembered: {why}");
+    }
+    store.catch_up_index(|_| {})?;
+    println!(
+        "{} {}/{}/{msg_id}",
+        if edit { "edited" } else { "remembered" },
+        args.source,
+        args.conversation
+    );
+    Ok(())
+}
+
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness, fall back to the clock: uniqueness still holds
+    // in practice for one node.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    format_uuid_v4(b)
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A file of rows, one JSON object per line; `-` for standard input
+    file: PathBuf,
+    /// Leave `origin` null on rows that have none, instead of stamping this node's name
+    /// (for history captured before provenance existed)
+    #[arg(long)]
+    keep_null_origin: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct ImportReport {
+    lines: u64,
+    #[serde(flatten)]
+    summary: CaptureSummary,
+    /// (line number, reason) of lines that were not JSON rows.
+    unreadable: Vec<(u64, String)>,
+}
+
+pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(&args.file)
+                .with_context(|| format!("cannot open {}", args.file.display()))?,
+        )
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
+    let opts = CaptureOptions {
+        stamp_origin: (!args.keep_null_origin).then(|| home.name().to_string()),
+    };
+    let bar = output::counter("importing rows");
+    let mut report = ImportReport {
+        lines: 0,
+        summary: CaptureSummary::default(),
+        unreadable: Vec::new(),
+    };
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    // Line numbers of the rows in `batch`, to report refusals by line.
+    let mut batch_lines = Vec::with_capacity(IMPORT_BATCH);
+    let mut line = Vec::new();
+    let flush = |batch: &mut Vec<Row>,
+                 lines: &mut Vec<u64>,
+                 report: &mut ImportReport|
+     -> anyhow::Result<()> {
+        let summary = store.capture(std::mem::take(batch), &opts)?;
+        // Refusals come back by position in the batch; report them by line.
+        let refused = summary
+            .refused
+            .iter()
+            .map(|(i, why)| (lines[*i] as usize, why.clone()))
+            .collect();
+        report.summary.merge(CaptureSummary { refused, ..summary });
+        lines.clear();
+        Ok(())
+    };
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        report.lines += 1;
+        let text = match std::str::from_utf8(&line) {
+            Ok(t) => t.trim(),
+            Err(e) => {
+                report
+                    .unreadable
+                    .push((report.lines, format!("not UTF-8 ({e})")));
+                continue;
+            }
+        };
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Row>(text) {
+            Ok(row) => {
+                batch.push(row);
+                batch_lines.push(report.lines);
+            }
+            Err(e) => report
+                .unreadable
+                .push((report.lines, format!("not a row: {e}"))),
+        }
+        if batch.len() >= IMPORT_BATCH {
+            flush(&mut batch, &mut batch_lines, &mut report)?;
+            bar.set_position(report.lines);
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &mut batch_lines, &mut report)?;
+    }
+    bar.finish_and_clear();
+    let indexing = output::counter("indexing for search");
+    store.catch_up_index(|n| indexing.set_position(n))?;
+    indexing.finish_and_clear();
+
+    let problems = report.unreadable.len() + report.summary.refused.len();
+    if args.json {
+        output::print_json(&report)?;
+    } else {
+        let s = &report.summary;
+        println!(
+            "imported {} new, {} updated, {} unchanged, {} older versions ignored, {} local-only; {} lines refused",
+            s.inserted, s.updated, s.unchanged, s.stale, s.local_only, problems
+        );
+        let mut all: Vec<(u64, &str)> = report
+            .unreadable
+            .iter()
+            .map(|(l, w)| (*l, w.as_str()))
+            .chain(s.refused.iter().map(|(l, w)| (*l as u64, w.as_str())))
+            .collect();
+        all.sort();
+        for (l, why) in all.iter().take(20) {
+            eprintln!("line {l}: {why}");
+        }
+        if all.len() > 20 {
+            eprintln!("… and {} more", all.len() - 20);
+        }
+    }
+    if problems > 0 {
+        return Err(Exit(code::FAILED).into());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Write to this file instead of standard output
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+pub fn export(home: Option<PathBuf>, args: ExportArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let sink: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, sink);
+    let n = store.export(|row| {
+        serde_json::to_writer(&mut out, &row)?;
+        out.write_all(b"\n")
+    });
+    // A closed pipe (`selves export | head`) is not an error.
+    match n {
+        Err(selves_store::StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Ok(());
+        }
+        other => {
+            other?;
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Words to find (all must match); any text is safe
+    #[arg(required = true, num_args = 1..)]
+    query: Vec<String>,
+    /// Only rows captured by this node
+    #[arg(long)]
+    origin: Option<String>,
+    /// Only rows from this source
+    #[arg(long)]
+    source: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn search(home: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store: std::sync::Arc<Store> = home.open_store()?;
+    let hits = store.search(&SearchQuery {
+        text: args.query.join(" "),
+        origin: args.origin,
+        source: args.source,
+        limit: args.limit,
+    })?;
+    if args.json {
+        output::print_json(&hits)?;
+    } else {
+        for h in &hits {
+            let r = &h.row;
+            println!(
+                "[{}] {}/{} {} {}: {}",
+                r.origin.as_deref().unwrap_or("?"),
+                r.source,
+                r.conversation_id,
+                output::date(r.ts),
+                r.role,
+                h.snippet
+            );
+        }
+    }
+    if hits.is_empty() {
+        if !args.json {
+            eprintln!("no matches");
+        }
+        return Err(Exit(code::FAILED).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! `init`, `status`, `check`: the node itself.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use selves_wire::Name;
+use serde::Serialize;
+
+use crate::home::{self, Home};
+use crate::output::{self, Exit, ago, code};
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// The node's name: its `origin` label on what it captures [default: the host name]
+    #[arg(long)]
+    name: Option<Name>,
+}
+
+pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
+    let dir = Home::locate(home)?;
+    if Home::is_initialised(&dir) {
+        let existing = Home::load(dir.clone())?;
+        println!(
+            "already initialised: node {} ({}) in {}; nothing changed",
+            existing.name(),
+            existing.config.node.id,
+            dir.display()
+        );
+        if let Some(name) = args.name.filter(|n| n != existing.name()) {
+            eprintln!(
+                "note: --name {name} was ignored; this node keeps its name (edit config.toml to rename it)"
+            );
+        }
+        return Ok(());
+    }
+    let name = args.name.unwrap_or_else(home::default_name);
+    let home = home::init(&dir, name)?;
+    println!(
+        "initialised node {} ({}) in {}",
+        home.name(),
+        home.config.node.id,
+        dir.display()
+    );
+    println!("certificate {}", home.fingerprint()?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Status {
+    node: NodeStatus,
+    home: PathBuf,
+    memory: selves_store::Counts,
+    search: SearchStatus,
+    heads: Vec<HeadStatus>,
+    peers: Vec<selves_store::Remote>,
+    tokens: Vec<TokenStatus>,
+}
+
+#[derive(Serialize)]
+struct NodeStatus {
+    id: String,
+    name: String,
+    certificate: String,
+    listen: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SearchStatus {
+    /// Rows not yet in the search index (they are indexed before any search).
+    pending: u64,
+}
+
+#[derive(Serialize)]
+struct HeadStatus {
+    node: String,
+    name: Option<String>,
+    stream: String,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+struct TokenStatus {
+    #[serde(flatten)]
+    grant: selves_store::TokenGrant,
+    state: &'static str,
+}
+
+pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let names = store.known_nodes()?;
+    let now = output::now_ms();
+    let status = Status {
+        node: NodeStatus {
+            id: home.config.node.id.to_string(),
+            name: home.name().to_string(),
+            certificate: home.fingerprint()?.to_string(),
+            listen: home.config.server.listen.clone(),
+        },
+        home: home.dir.clone(),
+        memory: store.counts()?,
+        search: SearchStatus {
+            pending: store.index_lag()?,
+        },
+        heads: store
+            .heads()?
+            .into_iter()
+            .map(|h| HeadStatus {
+                name: names
+                    .iter()
+                    .find(|n| n.id == h.node)
+                    .map(|n| n.name.to_string()),
+                node: h.node.to_string(),
+                stream: h.stream.to_string(),
+                seq: h.seq,
+            })
+            .collect(),
+        peers: store.remotes()?,
+        tokens: store
+            .token_grants()?
+            .into_iter()
+            .map(|g| TokenStatus {
+                state: g.state(now),
+                grant: g,
+            })
+            .collect(),
+    };
+    if args.json {
+        return output::print_json(&status);
+    }
+    println!("node {} ({})", status.node.name, status.node.id);
+    println!("  home        {}", status.home.display());
+    println!("  certificate {}", status.node.certificate);
+    println!(
+        "memory: {} rows in {} conversations ({} local-only rows)",
+        status.memory.rows, status.memory.conversations, status.memory.local_only_rows
+    );
+    if status.search.pending > 0 {
+        println!("  search index: {} rows pending", status.search.pending);
+    }
+    if !status.heads.is_empty() {
+        println!("heads:");
+        for h in &status.heads {
+            println!(
+                "  {:<16} {:<8} {}",
+                h.name.as_deref().unwrap_or(&h.node[..8]),
+                h.stream,
+                h.seq
+            );
+        }
+    }
+    println!("peers this node dials:");
+    if status.peers.is_empty() {
+        println!("  (none: `selves pair BLOB` adds one)");
+    }
+    for p in &status.peers {
+        let state = match (&p.last_success_at, &p.last_error) {
+            (_, Some(err)) if p.consecutive_failures > 0 => format!(
+                "failing ({} in a row, {}): {err}",
+                p.consecutive_failures,
+                p.last_error_class.as_deref().unwrap_or("error")
+            ),
+            (Some(t), _) => format!("ok, last sync {}", ago(*t)),
+            (None, _) => "never synced".to_owned(),
+        };
+        println!("  {:<16} {:<32} {state}", p.alias, p.url);
+    }
+    println!("peers allowed to call this node:");
+    if status.tokens.is_empty() {
+        println!("  (none: `selves invite --peer NAME` adds one)");
+    }
+    for t in &status.tokens {
+        let seen = t
+            .grant
+            .last_seen_at
+            .map_or("never seen".to_owned(), |s| format!("last seen {}", ago(s)));
+        println!("  {:<16} {:<8} {seen}", t.grant.peer, t.state);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn check(home: Option<PathBuf>, args: CheckArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let problems = store.check().context("cannot check the store")?;
+    if args.json {
+        output::print_json(
+            &serde_json::json!({ "ok": problems.is_empty(), "problems": problems }),
+        )?;
+    } else if problems.is_empty() {
+        println!("ok: database intact, record logs contiguous");
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Exit(code::FAILED).into())
+    }
+}

@@ -1,0 +1,422 @@
+//! `invite`, `pair`, `peer …`, `rotate-token`: who this node trusts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use selves_client::{PeerClient, PeerTarget, SyncOptions, Trust};
+use selves_store::{Remote, Store};
+use selves_wire::pair::{PAIR_VERSION, PairBlob};
+use selves_wire::{CertFingerprint, Name, Token};
+
+use crate::home::{DEFAULT_PORT, Home};
+use crate::output::{self, ago, now_ms};
+
+#[derive(Args)]
+pub struct InviteArgs {
+    /// The name this node will know the peer by
+    #[arg(long)]
+    peer: Name,
+    /// The host or address the peer dials [default: the listen address, else 127.0.0.1]
+    #[arg(long)]
+    host: Option<String>,
+    /// The port the peer dials [default: the listen port, else 8765]
+    #[arg(long)]
+    port: Option<u16>,
+    /// How long the invite may wait before its first use
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+fn random_token() -> anyhow::Result<Token> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).context("no randomness available")?;
+    Ok(Token::from_bytes(bytes))
+}
+
+/// The host and port peers should dial, from flags or the listen address.
+fn dial_address(home: &Home, host: Option<String>, port: Option<u16>) -> (String, u16, bool) {
+    let listen = home.config.server.listen.as_deref();
+    let parsed = listen.and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    let port = port.or(parsed.map(|a| a.port())).unwrap_or(DEFAULT_PORT);
+    match host {
+        Some(h) => (h, port, false),
+        None => match parsed {
+            Some(a) if !a.ip().is_unspecified() => (a.ip().to_string(), port, false),
+            _ => ("127.0.0.1".to_owned(), port, true),
+        },
+    }
+}
+
+fn blob(
+    home: &Home,
+    peer: &Name,
+    host: &str,
+    port: u16,
+    token: Token,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    Ok(PairBlob {
+        v: PAIR_VERSION,
+        host: host.to_owned(),
+        port,
+        cert_fp: home.fingerprint()?,
+        token,
+        exp: (now_ms() / 1000) + ttl.as_secs().max(1) as i64,
+        node: home.name().clone(),
+        node_id: home.config.node.id.clone(),
+        peer: peer.clone(),
+        check: String::new(),
+    }
+    .encode())
+}
+
+pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let (host, port, guessed) = dial_address(&home, args.host, args.port);
+    println!(
+        "{}",
+        mint_invite(&home, &store, &args.peer, &host, port, args.ttl)?
+    );
+    if guessed {
+        eprintln!(
+            "note: the blob points at {host}:{port}; the peer must reach this node there (say, through an SSH tunnel). Pass --host to give another address."
+        );
+    }
+    eprintln!(
+        "on {}, within {}: selves pair <the line above>",
+        args.peer,
+        humantime::format_duration(args.ttl)
+    );
+    Ok(())
+}
+
+/// Mints a token for `peer` and returns the pair blob that carries it.
+pub fn mint_invite(
+    home: &Home,
+    store: &Store,
+    peer: &Name,
+    host: &str,
+    port: u16,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let token = random_token()?;
+    let now = now_ms();
+    store.mint_token(
+        peer,
+        &token,
+        now + ttl.as_millis() as i64,
+        host,
+        port,
+        false,
+        now,
+    )?;
+    blob(home, peer, host, port, token, ttl)
+}
+
+#[derive(Args)]
+pub struct PairArgs {
+    /// The `selves-pair:` line printed by `selves invite` on the hub
+    blob: String,
+    /// The name to call the hub here [default: the hub's own name]
+    #[arg(long)]
+    alias: Option<Name>,
+    /// Replace an existing peer of the same alias
+    #[arg(long)]
+    force: bool,
+    /// Save without contacting the hub (its invite must still be used before it expires)
+    #[arg(long)]
+    no_check: bool,
+}
+
+pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let blob = PairBlob::decode(&args.blob, now_ms() / 1000)?;
+    let alias = args.alias.unwrap_or_else(|| blob.node.clone());
+    if !args.force && store.remote(alias.as_str())?.is_some() {
+        bail!(
+            "a peer named {alias} already exists: pass --force to replace it, or --alias to name this one differently"
+        );
+    }
+    let remote = remote_from_blob(&blob, alias.clone());
+    if !args.no_check {
+        let hello = check_peer(&store, &remote)?;
+        if hello.node.id != blob.node_id {
+            bail!(
+                "{} answered as node {} ({}), but the blob is for {} ({}): not pairing",
+                remote.url,
+                hello.node.name,
+                hello.node.id,
+                blob.node,
+                blob.node_id
+            );
+        }
+    }
+    store.add_remote(&remote, true)?;
+    println!(
+        "paired with {} at {} (certificate {}); this node is {} there",
+        alias, remote.url, blob.cert_fp, blob.peer
+    );
+    eprintln!("next: selves sync {alias}");
+    Ok(())
+}
+
+/// The remote a pair blob describes.
+pub fn remote_from_blob(blob: &PairBlob, alias: Name) -> Remote {
+    Remote {
+        alias,
+        url: blob.url(),
+        token: blob.token.clone(),
+        cert_fp: Some(blob.cert_fp),
+        insecure: false,
+        node_id: Some(blob.node_id.clone()),
+        node_name: Some(blob.node.to_string()),
+        added_at: now_ms(),
+        last_attempt_at: None,
+        last_success_at: None,
+        consecutive_failures: 0,
+        last_error: None,
+        last_error_class: None,
+    }
+}
+
+/// Contacts a peer once: checks its certificate, claims the token, learns
+/// its identity.
+fn check_peer(
+    store: &std::sync::Arc<Store>,
+    remote: &Remote,
+) -> anyhow::Result<selves_wire::native::Hello> {
+    let client = PeerClient::new(target(remote))?;
+    let rt = crate::runtime()?;
+    let opts = SyncOptions {
+        attempts: 2,
+        ..SyncOptions::default()
+    };
+    let hello = rt.block_on(selves_client::handshake(
+        store,
+        &client,
+        &opts,
+        &selves_client::NoProgress,
+    ))?;
+    Ok(hello)
+}
+
+pub fn target(remote: &Remote) -> PeerTarget {
+    PeerTarget {
+        url: remote.url.clone(),
+        token: remote.token.clone(),
+        trust: match (remote.insecure, remote.cert_fp) {
+            (false, Some(fp)) => Trust::Pinned(fp),
+            // A remote saved without a pin is only ever an insecure one.
+            _ => Trust::Insecure,
+        },
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PeerCommand {
+    /// Add a peer by hand (the manual form of `pair`)
+    Add(AddArgs),
+    /// List peers: the ones this node dials and the ones allowed to call it
+    List(ListArgs),
+    /// Stop dialing a peer
+    Remove { alias: String },
+    /// Revoke the token of one peer allowed to call this node
+    Revoke { name: String },
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    alias: Name,
+    /// https://host:port
+    url: String,
+    /// The bearer token (64 hex characters)
+    token: String,
+    /// The peer's certificate fingerprint, sha256:AA:BB:…
+    #[arg(
+        long,
+        required_unless_present = "insecure",
+        conflicts_with = "insecure"
+    )]
+    cert_fp: Option<CertFingerprint>,
+    /// Do not check the peer's certificate. Only for a transport that
+    /// already authenticates the far end, such as an SSH tunnel to localhost
+    #[arg(long)]
+    insecure: bool,
+    /// Replace an existing peer of the same alias
+    #[arg(long)]
+    force: bool,
+    /// Save without contacting the peer
+    #[arg(long)]
+    no_check: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn peer(home: Option<PathBuf>, cmd: PeerCommand) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    match cmd {
+        PeerCommand::Add(a) => add(&store, a),
+        PeerCommand::List(a) => list(&store, a),
+        PeerCommand::Remove { alias } => {
+            if store.remove_remote(&alias)? {
+                println!("removed peer {alias}");
+                Ok(())
+            } else {
+                bail!("no peer named {alias} (see `selves peer list`)")
+            }
+        }
+        PeerCommand::Revoke { name } => {
+            if store.revoke_token(&name, now_ms())? {
+                println!("revoked the token of {name}; other peers are unaffected");
+                Ok(())
+            } else {
+                bail!("no active token for {name} (see `selves peer list`)")
+            }
+        }
+    }
+}
+
+fn add(store: &std::sync::Arc<Store>, a: AddArgs) -> anyhow::Result<()> {
+    let url = a.url.trim_end_matches('/').to_owned();
+    if !url.starts_with("https://") {
+        bail!("the URL must start with https:// (selves always speaks TLS), got {url}");
+    }
+    let token: Token = a.token.parse()?;
+    if !a.force && store.remote(a.alias.as_str())?.is_some() {
+        bail!(
+            "a peer named {} already exists: pass --force to replace it",
+            a.alias
+        );
+    }
+    if a.insecure {
+        eprintln!(
+            "WARNING: --insecure: the certificate of {url} will not be checked, so whoever answers there receives this token.\n\
+             Use it only through a transport that authenticates the far end itself, such as an SSH tunnel to localhost."
+        );
+    }
+    let remote = Remote {
+        alias: a.alias.clone(),
+        url,
+        token,
+        cert_fp: a.cert_fp,
+        insecure: a.insecure,
+        node_id: None,
+        node_name: None,
+        added_at: now_ms(),
+        last_attempt_at: None,
+        last_success_at: None,
+        consecutive_failures: 0,
+        last_error: None,
+        last_error_class: None,
+    };
+    let mut remote = remote;
+    if !a.no_check {
+        let hello = check_peer(store, &remote)?;
+        remote.node_id = Some(hello.node.id);
+        remote.node_name = Some(hello.node.name.to_string());
+    }
+    store.add_remote(&remote, true)?;
+    println!("added peer {} at {}", remote.alias, remote.url);
+    Ok(())
+}
+
+fn list(store: &std::sync::Arc<Store>, a: ListArgs) -> anyhow::Result<()> {
+    let remotes = store.remotes()?;
+    let grants = store.token_grants()?;
+    let now = now_ms();
+    if a.json {
+        let tokens: Vec<_> = grants
+            .iter()
+            .map(|g| serde_json::json!({ "peer": g.peer, "state": g.state(now), "grant": g }))
+            .collect();
+        return output::print_json(&serde_json::json!({ "dials": remotes, "allowed": tokens }));
+    }
+    println!("peers this node dials:");
+    if remotes.is_empty() {
+        println!("  (none)");
+    }
+    for r in &remotes {
+        let trust = match (r.insecure, r.cert_fp) {
+            (true, _) | (false, None) => "INSECURE (no certificate check)".to_owned(),
+            (false, Some(fp)) => fp.to_string(),
+        };
+        let last = r.last_success_at.map_or("never synced".to_owned(), |t| {
+            format!("last sync {}", ago(t))
+        });
+        println!(
+            "  {:<16} {:<30} {last}\n  {:<16} {trust}",
+            r.alias, r.url, ""
+        );
+    }
+    println!("peers allowed to call this node:");
+    if grants.is_empty() {
+        println!("  (none)");
+    }
+    for g in &grants {
+        let seen = g
+            .last_seen_at
+            .map_or("never seen".to_owned(), |t| format!("last seen {}", ago(t)));
+        println!("  {:<16} {:<8} {seen}", g.peer, g.state(now));
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RotateArgs {
+    /// The peer whose token is replaced
+    name: Name,
+    /// The host the peer dials [default: as in its last invite]
+    #[arg(long)]
+    host: Option<String>,
+    /// The port the peer dials [default: as in its last invite]
+    #[arg(long)]
+    port: Option<u16>,
+    /// How long the new blob may wait before its first use
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+pub fn rotate(home: Option<PathBuf>, args: RotateArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let grant = store
+        .token_grants()?
+        .into_iter()
+        .find(|g| g.peer == args.name.as_str())
+        .with_context(|| {
+            format!(
+                "no peer named {} was ever invited (see `selves peer list`)",
+                args.name
+            )
+        })?;
+    let (default_host, default_port, _) = dial_address(&home, None, None);
+    let host = args.host.or(grant.invite_host).unwrap_or(default_host);
+    let port = args.port.or(grant.invite_port).unwrap_or(default_port);
+    let token = random_token()?;
+    let now = now_ms();
+    store.mint_token(
+        &args.name,
+        &token,
+        now + args.ttl.as_millis() as i64,
+        &host,
+        port,
+        true,
+        now,
+    )?;
+    println!("{}", blob(&home, &args.name, &host, port, token, args.ttl)?);
+    eprintln!(
+        "the old token of {} no longer works; on {}: selves pair --force <the line above>",
+        args.name, args.name
+    );
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `serve`: this node's HTTPS server, in the foreground until SIGINT or
+//! SIGTERM.
+
+use std::io::Write as _;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use selves_server::{DEFAULT_LIMITS, RateLimit, ServerConfig};
+use selves_wire::native::Limits;
+
+use crate::home::{DEFAULT_PORT, Home};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: server.listen in config.toml, else 127.0.0.1:8765]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Largest request body accepted, in bytes (after decompression)
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    /// Most records accepted in one push
+    #[arg(long)]
+    max_push_records: Option<u32>,
+    /// Requests per minute allowed per peer token
+    #[arg(long)]
+    rate_per_minute: Option<u32>,
+    /// Requests a peer may burst above its rate
+    #[arg(long)]
+    rate_burst: Option<u32>,
+    /// Seconds a client may take to send request headers
+    #[arg(long)]
+    header_timeout_secs: Option<u64>,
+}
+
+/// Per-token requests per minute unless configured.
+const DEFAULT_RATE_PER_MINUTE: u32 = 1200;
+const DEFAULT_RATE_BURST: u32 = 300;
+
+pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let cfg = &home.config.server;
+    let listen = args
+        .listen
+        .or_else(|| cfg.listen.clone())
+        .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
+    let limits = Limits {
+        max_body_bytes: args
+            .max_body_bytes
+            .or(cfg.max_body_bytes)
+            .unwrap_or(DEFAULT_LIMITS.max_body_bytes),
+        max_push_records: args
+            .max_push_records
+            .or(cfg.max_push_records)
+            .unwrap_or(DEFAULT_LIMITS.max_push_records),
+        max_pull_records: cfg
+            .max_pull_records
+            .unwrap_or(DEFAULT_LIMITS.max_pull_records),
+        max_pull_bytes: cfg.max_pull_bytes.unwrap_or(DEFAULT_LIMITS.max_pull_bytes),
+    };
+    let nonzero = |v: u32, what: &str| {
+        NonZeroU32::new(v).with_context(|| format!("{what} must be at least 1"))
+    };
+    let rate = RateLimit {
+        per_minute: nonzero(
+            args.rate_per_minute
+                .or(cfg.rate_per_minute)
+                .unwrap_or(DEFAULT_RATE_PER_MINUTE),
+            "the rate per minute",
+        )?,
+        burst: nonzero(
+            args.rate_burst
+                .or(cfg.rate_burst)
+                .unwrap_or(DEFAULT_RATE_BURST),
+            "the rate burst",
+        )?,
+    };
+    let header_timeout = Duration::from_secs(
+        args.header_timeout_secs
+            .or(cfg.header_timeout_secs)
+            .unwrap_or(10),
+    );
+    let tls = selves_server::tls_config(home.certificate()?, home.private_key()?)
+        .context("cannot load the node's certificate and key")?;
+    let store = home.open_store()?;
+    let fingerprint = home.fingerprint()?;
+    let listener = std::net::TcpListener::bind(&listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+
+    let rt = crate::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        // One line on stdout for scripts; the rest on stderr.
+        println!("listening on {addr}");
+        std::io::stdout().flush()?;
+        eprintln!(
+            "selves: serving node {} on https://{addr} (certificate {fingerprint})",
+            home.name()
+        );
+        let config = ServerConfig {
+            tls,
+            limits,
+            rate,
+            header_timeout,
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
+        };
+        selves_server::run(listener, store, config, shutdown_signal()).await?;
+        eprintln!("selves: stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

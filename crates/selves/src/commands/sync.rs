@@ -1,0 +1,319 @@
+//! `sync` and `verify`: talking to peers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use selves_client::{PeerClient, SyncOptions, SyncReport};
+use selves_store::{Attempt, Remote, Store};
+use serde::Serialize;
+
+use crate::commands::peers::target;
+use crate::home::Home;
+use crate::output::{self, Exit, SyncBar, code, now_ms};
+
+#[derive(Args)]
+pub struct SyncArgs {
+    /// The peer to sync with; may be left out when there is only one
+    #[arg(conflicts_with = "all")]
+    peer: Option<String>,
+    /// Sync with every peer, one after the other
+    #[arg(long)]
+    all: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// Most records per request [default: the peer's limits]
+    #[arg(long, value_name = "N")]
+    batch: Option<u32>,
+    /// Tries per request when a failure may pass (network, server errors)
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    attempts: u32,
+}
+
+#[derive(Serialize)]
+struct PeerResult {
+    peer: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<SyncReport>,
+    /// When everything pulled was also searchable here (ms from the start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    searchable_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorReport>,
+}
+
+#[derive(Serialize)]
+struct ErrorReport {
+    class: &'static str,
+    message: String,
+}
+
+/// The remotes a command means: the named one, all, or the only one.
+fn chosen(store: &Store, peer: Option<String>, all: bool) -> anyhow::Result<Vec<Remote>> {
+    let remotes = store.remotes()?;
+    if all {
+        if remotes.is_empty() {
+            bail!("this node has no peers yet: `selves pair BLOB` adds one");
+        }
+        return Ok(remotes);
+    }
+    match peer {
+        Some(alias) => remotes
+            .into_iter()
+            .find(|r| r.alias.as_str() == alias)
+            .map(|r| vec![r])
+            .with_context(|| format!("no peer named {alias} (see `selves peer list`)")),
+        None => match remotes.len() {
+            0 => bail!("this node has no peers yet: `selves pair BLOB` adds one"),
+            1 => Ok(remotes),
+            _ => bail!("which peer? name one, or pass --all (see `selves peer list`)"),
+        },
+    }
+}
+
+pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let remotes = chosen(&store, args.peer, args.all)?;
+    let opts = SyncOptions {
+        batch_records: args.batch,
+        attempts: args.attempts.max(1),
+        ..SyncOptions::default()
+    };
+    let rt = crate::runtime()?;
+    let mut results = Vec::new();
+    let mut first_failure = None;
+    for remote in remotes {
+        let result = sync_one(&rt, &store, &remote, &opts);
+        if !args.json {
+            print_result(&result);
+        }
+        if let (None, Some(code)) = (first_failure, result.1) {
+            first_failure = Some(code);
+        }
+        results.push(result.0);
+    }
+    if args.json {
+        output::print_json(&results)?;
+    }
+    match first_failure {
+        Some(code) => Err(Exit(code).into()),
+        None => Ok(()),
+    }
+}
+
+fn sync_one(
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<Store>,
+    remote: &Remote,
+    opts: &SyncOptions,
+) -> (PeerResult, Option<u8>) {
+    let alias = remote.alias.to_string();
+    let started = Instant::now();
+    let bar = SyncBar::new(&alias);
+    let outcome = PeerClient::new(target(remote))
+        .and_then(|client| rt.block_on(selves_client::sync(store.clone(), &client, opts, &bar)));
+    bar.finish();
+    let attempt = match &outcome {
+        Ok(report) => Attempt::Success {
+            node_id: report.peer.id.clone(),
+            node_name: report.peer.name.to_string(),
+        },
+        Err(e) => Attempt::Failure {
+            class: e.class().to_owned(),
+            message: e.to_string(),
+        },
+    };
+    if let Err(e) = store.record_attempt(&alias, &attempt, now_ms()) {
+        tracing::warn!(error = %e, "cannot record the sync attempt");
+    }
+    match outcome {
+        Ok(report) => {
+            // Make what arrived searchable before saying we are done.
+            let searchable_ms = if report.changed_rows > 0 {
+                match store.catch_up_index(|_| {}) {
+                    Ok(_) => Some(started.elapsed().as_millis() as u64),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "search indexing failed; `selves search` will retry");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            (
+                PeerResult {
+                    peer: alias,
+                    ok: true,
+                    report: Some(report),
+                    searchable_ms,
+                    error: None,
+                },
+                None,
+            )
+        }
+        Err(e) => {
+            let code = output::sync_code(&e);
+            (
+                PeerResult {
+                    peer: alias,
+                    ok: false,
+                    report: None,
+                    searchable_ms: None,
+                    error: Some(ErrorReport {
+                        class: e.class(),
+                        message: e.to_string(),
+                    }),
+                },
+                Some(code),
+            )
+        }
+    }
+}
+
+fn print_result((result, _): &(PeerResult, Option<u8>)) {
+    if let Some(r) = &result.report {
+        if r.up_to_date() {
+            println!("{}: already in sync ({} ms)", result.peer, r.elapsed_ms);
+        } else {
+            println!(
+                "{}: pulled {} records, pushed {} ({} rows changed here) in {} ms",
+                result.peer, r.pulled, r.pushed, r.changed_rows, r.elapsed_ms
+            );
+        }
+        for v in r.voided.iter().take(10) {
+            eprintln!(
+                "note: record {} of {} {} was refused and kept as void: {}",
+                v.seq,
+                v.node.short(),
+                v.stream,
+                v.reason
+            );
+        }
+    }
+    if let Some(e) = &result.error {
+        eprintln!("{}: sync failed ({}): {}", result.peer, e.class, e.message);
+    }
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The peer to compare with; may be left out when there is only one
+    peer: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    peer: String,
+    converged: bool,
+    here: selves_wire::native::MemoryDigest,
+    there: selves_wire::native::MemoryDigest,
+    /// Heads that differ: (node, stream, here, there).
+    differing_heads: Vec<HeadDiff>,
+}
+
+#[derive(Serialize)]
+struct HeadDiff {
+    node: String,
+    stream: String,
+    here: u64,
+    there: u64,
+}
+
+pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let remote = chosen(&store, args.peer, false)?.remove(0);
+    let client = PeerClient::new(target(&remote))?;
+    let rt = crate::runtime()?;
+    let theirs = rt.block_on(client.digest())?;
+    let (our_heads, ours) = store.digest()?;
+    let names = store.known_nodes()?;
+    let name_of = |id: &selves_wire::NodeId| {
+        names
+            .iter()
+            .find(|n| &n.id == id)
+            .map_or_else(|| id.short().to_owned(), |n| n.name.to_string())
+    };
+    let mut heads: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for h in &our_heads {
+        heads
+            .entry((name_of(&h.node), h.stream.to_string()))
+            .or_default()
+            .0 = h.seq;
+    }
+    for h in &theirs.heads {
+        heads
+            .entry((name_of(&h.node), h.stream.to_string()))
+            .or_default()
+            .1 = h.seq;
+    }
+    let differing: Vec<HeadDiff> = heads
+        .into_iter()
+        .filter(|(_, (a, b))| a != b)
+        .map(|((node, stream), (here, there))| HeadDiff {
+            node,
+            stream,
+            here,
+            there,
+        })
+        .collect();
+    let verdict = Verdict {
+        peer: remote.alias.to_string(),
+        converged: differing.is_empty() && ours == theirs.memory,
+        here: ours,
+        there: theirs.memory,
+        differing_heads: differing,
+    };
+    if args.json {
+        output::print_json(&verdict)?;
+    } else if verdict.converged {
+        println!(
+            "converged with {}: {} rows in {} conversations, digest {}",
+            verdict.peer,
+            verdict.here.rows,
+            verdict.here.conversations,
+            &verdict.here.digest[..16]
+        );
+    } else {
+        println!("NOT converged with {}:", verdict.peer);
+        for d in &verdict.differing_heads {
+            println!(
+                "  {} {}: {} records here, {} there",
+                d.node, d.stream, d.here, d.there
+            );
+        }
+        println!(
+            "  here:  {} rows, {} conversations, digest {}",
+            verdict.here.rows,
+            verdict.here.conversations,
+            &verdict.here.digest[..16]
+        );
+        println!(
+            "  there: {} rows, {} conversations, digest {}",
+            verdict.there.rows,
+            verdict.there.conversations,
+            &verdict.there.digest[..16]
+        );
+        if verdict.differing_heads.is_empty() {
+            println!(
+                "  the same records gave different state: run `selves check` on both nodes and report this"
+            );
+        } else {
+            println!("  run `selves sync {}` to converge", verdict.peer);
+        }
+    }
+    if verdict.converged {
+        Ok(())
+    } else {
+        Err(Exit(code::DIVERGED).into())
+    }
+}

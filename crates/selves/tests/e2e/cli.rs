@@ -1,0 +1,260 @@
+//! The command line on one node: init, import, search, export, help.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+
+use serde_json::json;
+
+use crate::harness::{Node, bin, rows};
+
+#[test]
+fn init_makes_private_files_and_is_a_no_op_the_second_time() {
+    let n = Node::new("laptop");
+    for f in [
+        "config.toml",
+        "selves.db",
+        "search.db",
+        "tls/cert.pem",
+        "tls/key.pem",
+    ] {
+        let mode = std::fs::metadata(n.home().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f} has mode {mode:o}");
+    }
+    let mode = std::fs::metadata(n.home()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let before = std::fs::read(n.home().join("tls/key.pem")).unwrap();
+    let id = n.json(&["status", "--json"])["node"]["id"].clone();
+
+    let out = n.ok(&["init", "--name", "other"]);
+    assert!(out.starts_with("already initialised: node laptop"), "{out}");
+    assert_eq!(std::fs::read(n.home().join("tls/key.pem")).unwrap(), before);
+    assert_eq!(n.json(&["status", "--json"])["node"]["id"], id);
+
+    let run = n.fails(&["init", "--name", "../evil"], 2);
+    assert!(run.stderr.contains("not valid"), "{run:?}");
+}
+
+#[test]
+fn commands_on_a_missing_home_say_how_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["status"])
+        .env("SELVES_HOME", dir.path().join("nothing-here"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("selves init"), "{err}");
+}
+
+#[test]
+fn import_refuses_bad_lines_alone_and_keeps_the_rest() {
+    let n = Node::new("laptop");
+    let path = n.dir.path().join("mixed.jsonl");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{}", json!({"source": "s", "conversation_id": "c", "msg_id": "1", "role": "user", "text": "good one", "ts": 1})).unwrap();
+    f.write_all(b"{\"source\": \"s\", \"conversation_id\": \"c\", \"msg_id\": \"2\", \"role\": \"user\", \"text\": \"bad \xff\xfe bytes\", \"ts\": 2}\n").unwrap();
+    writeln!(f, "{{not json").unwrap();
+    writeln!(f).unwrap();
+    writeln!(f, "{}", json!({"source": "", "conversation_id": "c", "msg_id": "3", "role": "user", "text": "no source", "ts": 3})).unwrap();
+    writeln!(f, "{}", json!({"source": "s", "conversation_id": "c", "msg_id": "4", "role": "user", "text": "x".repeat(2 << 20), "ts": 4})).unwrap();
+    writeln!(f, "{}", json!({"source": "s", "conversation_id": "c", "msg_id": "5", "role": "user", "text": "nul \u{0} and émoji 🙂", "ts": 5, "metadata": {"k": [1, 2]}})).unwrap();
+    drop(f);
+
+    let run = n.fails(&["import", path.to_str().unwrap()], 1);
+    assert!(run.stdout.contains("imported 2 new"), "{run:?}");
+    assert!(run.stdout.contains("4 lines refused"), "{run:?}");
+    for line in [
+        "line 2: not UTF-8",
+        "line 3: not a row",
+        "line 5: source is empty",
+        "line 6: text is",
+    ] {
+        assert!(run.stderr.contains(line), "missing {line:?} in {run:?}");
+    }
+    let rows = n.export();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["text"], "nul \u{0} and émoji 🙂");
+    assert_eq!(rows[1]["metadata"], r#"{"k":[1,2]}"#);
+    assert_eq!(
+        rows[0]["origin"], "laptop",
+        "import stamps this node's name"
+    );
+
+    // Importing the same file again changes nothing.
+    let run = n.fails(&["import", path.to_str().unwrap()], 1);
+    assert!(
+        run.stdout
+            .contains("imported 0 new, 0 updated, 2 unchanged"),
+        "{run:?}"
+    );
+
+    // --keep-null-origin never invents provenance.
+    let old = n.dir.path().join("old.jsonl");
+    std::fs::write(&old, format!("{}\n", json!({"source": "s", "conversation_id": "old", "msg_id": "1", "role": "user", "text": "from before", "ts": 1}))).unwrap();
+    n.ok(&["import", old.to_str().unwrap(), "--keep-null-origin"]);
+    let row = n
+        .export()
+        .into_iter()
+        .find(|r| r["conversation_id"] == "old")
+        .unwrap();
+    assert!(row["origin"].is_null());
+    n.assert_intact();
+}
+
+#[test]
+fn search_takes_any_text() {
+    let n = Node::new("laptop");
+    n.import(&[
+        json!({"source": "s", "conversation_id": "c", "msg_id": "1", "role": "user", "text": "we use c++ and foo-bar; it's fine", "ts": 1}),
+        json!({"source": "s", "conversation_id": "c", "msg_id": "2", "role": "user", "text": "Ünïcödé wörds and 東京 too", "ts": 2}),
+    ]);
+    for q in [
+        "c++",
+        "foo-bar",
+        "it's",
+        "\"",
+        "(",
+        "AND",
+        "NOT",
+        "*",
+        "NEAR(",
+        "'; DROP TABLE messages; --",
+        "\\",
+    ] {
+        let run = n.run(&["search", q]);
+        assert!(
+            run.code == 0 || run.code == 1,
+            "search {q:?} crashed: {run:?}"
+        );
+        assert!(!run.stderr.contains("error"), "search {q:?}: {run:?}");
+    }
+    assert!(n.ok(&["search", "foo-bar"]).contains("c++ and foo-bar"));
+    assert!(
+        n.ok(&["search", "unicode"]).contains("Ünïcödé"),
+        "diacritics are folded"
+    );
+    assert!(n.ok(&["search", "東京"]).contains("東京"));
+    let run = n.fails(&["search", " "], 1);
+    assert!(run.stderr.contains("empty"), "{run:?}");
+}
+
+#[test]
+fn export_is_stable_and_pipes_cleanly() {
+    let n = Node::new("laptop");
+    n.import(&rows("b", "conv-b", 50, 30));
+    n.import(&rows("a", "conv-a", 50, 30));
+    let first = n.ok(&["export"]);
+    assert_eq!(first, n.ok(&["export"]));
+    let convs: Vec<String> = first
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["conversation_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut sorted = convs.clone();
+    sorted.sort();
+    assert_eq!(convs, sorted, "export is ordered by conversation");
+    // Reading only the head of the output is not an error.
+    let mut child = n
+        .command(&["export"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "export into a closed pipe: {status:?}");
+    // `-o FILE` writes the same bytes.
+    let file = n.dir.path().join("out.jsonl");
+    n.ok(&["export", "-o", file.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(file).unwrap(), first);
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = std::process::Command::new(bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    expect_test::expect![[r#"
+        Keeps an AI assistant's memory converged across every machine it runs on.
+
+        Each node keeps a full local copy in SQLite and syncs with its peers over pinned HTTPS.
+        The node lives in SELVES_HOME (default ~/.selves).
+
+        Usage: selves [OPTIONS] <COMMAND>
+
+        Commands:
+          init          Create this node: id, name, TLS certificate, config and store
+          serve         Serve this node to its peers over HTTPS (foreground)
+          invite        Mint a token for a peer and print a one-line pair blob for it
+          pair          Register a hub from a pair blob (and check it answers)
+          peer          Manage peers: the ones this node dials and the ones it let in
+          rotate-token  Replace a peer's token (the old one stops working) and print a new pair blob
+          remember      Write one message into memory
+          import        Import rows (JSON lines, the memex Row shape) into memory
+          export        Print every row as JSON lines, in a stable order
+          search        Full-text search over memory
+          sync          Sync with a peer (or all peers), both directions
+          verify        Check that this node and a peer hold the same memory
+          status        This node, its memory, heads and peers
+          check         Check the database and the record logs for damage
+          demo          Run a local demo: three nodes syncing real data on loopback
+          help          Print this message or the help of the given subcommand(s)
+
+        Options:
+              --home <DIR>
+                  The node's home directory [default: $SELVES_HOME or ~/.selves]
+
+          -v, --verbose...
+                  More log output on stderr (repeat for more)
+
+          -h, --help
+                  Print help (see a summary with '-h')
+
+          -V, --version
+                  Print version
+
+        Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, 5 peer unreachable, 6
+        certificate refused, 7 protocol version mismatch.
+    "#]]
+    .assert_eq(&text);
+}
+
+#[test]
+fn the_demo_runs_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--rows", "300", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env("HOME", dir.path())
+        .env_remove("SELVES_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all three nodes converged"), "{stdout}");
+    // The kept nodes are real homes.
+    let laptop = dir.path().join("demo/laptop");
+    let status = std::process::Command::new(bin())
+        .args(["status", "--json", "--home"])
+        .arg(&laptop)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["memory"]["rows"], 304);
+}

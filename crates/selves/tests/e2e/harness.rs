@@ -1,0 +1,409 @@
+//! Test harness: nodes in temporary homes, driven through the built
+//! binary; servers on 127.0.0.1 port 0; a raw HTTPS client for probing the
+//! protocol directly. Nothing here touches the real home directory: every
+//! command runs with SELVES_HOME and HOME inside a temporary directory.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_selves")
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Node {
+    /// `selves init --name NAME` in a fresh temporary home.
+    pub fn new(name: &str) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("selves-e2e-{name}-"))
+            .tempdir()
+            .unwrap();
+        let node = Node {
+            dir,
+            name: name.to_owned(),
+        };
+        node.ok(&["init", "--name", name]);
+        node
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("SELVES_HOME", self.home())
+            .env("HOME", self.dir.path())
+            .env_remove("SELVES_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().unwrap())
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args);
+        assert_eq!(
+            run.code, 0,
+            "selves {args:?} on {} failed:\n{run:?}",
+            self.name
+        );
+        run.stdout
+    }
+
+    /// Runs a command that must fail with `code`.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str], code: i32) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.code, code, "selves {args:?} on {}:\n{run:?}", self.name);
+        run
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        self.serve_on("127.0.0.1:0", extra)
+    }
+
+    pub fn serve_on(&self, listen: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["serve", "--listen", listen];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("serve did not start: {line:?}\n{err}")
+            })
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    /// Mints an invite for `peer` pointing at `server`.
+    pub fn invite(&self, peer: &str, server: &Server) -> String {
+        let out = self.ok(&[
+            "invite",
+            "--peer",
+            peer,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &server.addr.port().to_string(),
+        ]);
+        assert_eq!(out.lines().count(), 1, "invite prints one line: {out:?}");
+        out.trim().to_owned()
+    }
+
+    /// Pairs this node with `hub` (served by `server`) as `alias`.
+    pub fn pair(&self, hub: &Node, server: &Server, alias: &str) {
+        let blob = hub.invite(&self.name, server);
+        self.ok(&["pair", &blob, "--alias", alias]);
+    }
+
+    pub fn import(&self, rows: &[Value]) -> String {
+        let path = self
+            .dir
+            .path()
+            .join(format!("import-{}.jsonl", rand_suffix()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        for r in rows {
+            writeln!(f, "{r}").unwrap();
+        }
+        drop(f);
+        self.ok(&["import", path.to_str().unwrap()])
+    }
+
+    /// Every row, as `selves export` prints them.
+    pub fn export(&self) -> Vec<Value> {
+        self.ok(&["export"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.json(&["status", "--json"])["memory"]["rows"]
+            .as_u64()
+            .unwrap()
+    }
+
+    #[track_caller]
+    pub fn assert_intact(&self) {
+        let out = self.ok(&["check"]);
+        assert!(out.starts_with("ok"), "{out}");
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.json(&["status", "--json"])["node"]["certificate"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A running `selves serve`; killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` rows in conversation `conv`, `msg_id`s `{prefix}{i}`, with texts of
+/// about `len` bytes including some Unicode.
+pub fn rows(prefix: &str, conv: &str, n: usize, len: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let mut text = format!("{prefix} message {i}: привет 🙂 ");
+            while text.len() < len {
+                text.push_str("lorem ipsum dolor sit amet ");
+            }
+            json!({
+                "source": "e2e",
+                "conversation_id": conv,
+                "msg_id": format!("{prefix}{i}"),
+                "role": if i % 2 == 0 { "user" } else { "assistant" },
+                "text": text,
+                "ts": 1_716_800_000 + i as i64,
+                "conversation": { "title": format!("{conv} title"), "first_ts": 1_716_800_000, "last_ts": 1_716_800_000 + n as i64 }
+            })
+        })
+        .collect()
+}
+
+/// Polls `f` until it returns true, for up to `secs` seconds.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The token inside a pair blob.
+pub fn blob_token(blob: &str) -> String {
+    selves_wire::pair::PairBlob::decode(blob, 0)
+        .unwrap()
+        .token
+        .to_hex()
+}
+
+pub fn blob_fingerprint(blob: &str) -> selves_wire::CertFingerprint {
+    selves_wire::pair::PairBlob::decode(blob, 0)
+        .unwrap()
+        .cert_fp
+}
+
+/// A raw HTTP/1.1 response.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A TLS stream to `addr`, trusting the certificate `pin`.
+pub fn tls_stream(
+    addr: SocketAddr,
+    pin: selves_wire::CertFingerprint,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let config = selves_client::tls::client_config(selves_client::Trust::Pinned(pin)).unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        rustls::pki_types::ServerName::try_from("selves").unwrap(),
+    )
+    .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Sends one request with `body` (and any extra header lines) and reads the
+/// response.
+pub fn request(
+    addr: SocketAddr,
+    pin: selves_wire::CertFingerprint,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut stream = tls_stream(addr, pin);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: selves\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for (k, v) in extra_headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body; a failed
+    // write after that is expected.
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
+    read_response(&mut stream)
+}
+
+pub fn read_response(stream: &mut impl std::io::Read) -> RawResponse {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the built `selves` binary, real TLS on loopback, real
+//! SQLite files in temporary homes, real processes killed with SIGKILL.
+
+mod cli;
+mod crash;
+mod harness;
+mod protocol;
+mod security;
+mod sync;

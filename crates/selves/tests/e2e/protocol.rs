@@ -1,0 +1,290 @@
+//! The native protocol probed with raw HTTPS requests: limits, malformed
+//! input, per-record refusal, rate limits, slow clients.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{
+    Node, Server, blob_fingerprint, blob_token, read_response, request, tls_stream,
+};
+
+struct Hub {
+    node: Node,
+    server: Server,
+    token: String,
+    pin: selves_wire::CertFingerprint,
+}
+
+fn hub(extra: &[&str]) -> Hub {
+    let node = Node::new("hub");
+    let server = node.serve(extra);
+    let blob = node.invite("prober", &server);
+    Hub {
+        token: blob_token(&blob),
+        pin: blob_fingerprint(&blob),
+        node,
+        server,
+    }
+}
+
+impl Hub {
+    fn post(&self, path: &str, body: &[u8]) -> crate::harness::RawResponse {
+        request(
+            self.server.addr,
+            self.pin,
+            "POST",
+            path,
+            Some(&self.token),
+            &[],
+            body,
+        )
+    }
+}
+
+const WRITER: &str = "0123456789abcdef0123456789abcdef";
+
+fn row(msg: &str, text: &str) -> serde_json::Value {
+    json!({"row": {"source": "raw", "conversation_id": "c", "msg_id": msg, "role": "user", "text": text, "ts": 1}})
+}
+
+fn push_body(start: u64, records: Vec<serde_json::Value>) -> Vec<u8> {
+    serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "memory", "start": start, "records": records}]}))
+        .unwrap()
+}
+
+#[test]
+fn missing_malformed_and_unknown_tokens_get_401() {
+    let h = hub(&[]);
+    let body = push_body(1, vec![row("1", "x")]);
+    let none = request(h.server.addr, h.pin, "POST", "/v1/push", None, &[], &body);
+    assert_eq!(none.status, 401);
+    assert_eq!(none.json()["error"], "unauthorized");
+    let bad = request(
+        h.server.addr,
+        h.pin,
+        "POST",
+        "/v1/push",
+        Some("not-hex"),
+        &[],
+        &body,
+    );
+    assert_eq!(bad.status, 401);
+    let unknown = request(
+        h.server.addr,
+        h.pin,
+        "POST",
+        "/v1/push",
+        Some(&"1".repeat(64)),
+        &[],
+        &body,
+    );
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.json()["detail"], "unknown token");
+    assert_eq!(h.node.rows(), 0, "a refused request changed the store");
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_even_when_compressed() {
+    let h = hub(&["--max-body-bytes", "100000"]);
+    let big = push_body(1, vec![row("1", &"x".repeat(150_000))]);
+    let resp = h.post("/v1/push", &big);
+    assert_eq!(resp.status, 413, "{resp:?}");
+    assert_eq!(resp.json()["error"], "payload_too_large");
+
+    // 4 MB of JSON that gzips to a few KB: the limit counts what it
+    // inflates to.
+    let bomb = push_body(1, vec![row("1", &" ".repeat(4 << 20))]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&bomb).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 100_000);
+    let resp = request(
+        h.server.addr,
+        h.pin,
+        "POST",
+        "/v1/push",
+        Some(&h.token),
+        &[("Content-Encoding", "gzip")],
+        &gz,
+    );
+    assert_eq!(resp.status, 413, "{resp:?}");
+
+    // A small compressed body is accepted.
+    let small = push_body(1, vec![row("1", "compressed")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&small).unwrap();
+    let resp = request(
+        h.server.addr,
+        h.pin,
+        "POST",
+        "/v1/push",
+        Some(&h.token),
+        &[("Content-Encoding", "gzip")],
+        &gz.finish().unwrap(),
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(h.node.rows(), 1);
+}
+
+#[test]
+fn too_many_records_and_malformed_bodies_get_400_and_change_nothing() {
+    let h = hub(&["--max-push-records", "10"]);
+    let eleven = (0..11).map(|i| row(&i.to_string(), "x")).collect();
+    let resp = h.post("/v1/push", &push_body(1, eleven));
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert!(
+        resp.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at most 10")
+    );
+
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"[]",
+        br#"{"batches": [{"node": "nope", "stream": "memory", "start": 1, "records": []}]}"#,
+        br#"{"batches": [{"node": "0123456789abcdef0123456789abcdef", "stream": "../x", "start": 1, "records": []}]}"#,
+        // A body that is not UTF-8 at all is not JSON.
+        b"{\"batches\": [\xff\xfe]}",
+    ] {
+        let resp = h.post("/v1/push", body);
+        assert_eq!(resp.status, 400, "{:?} → {resp:?}", String::from_utf8_lossy(body));
+        assert_eq!(resp.json()["error"], "bad_request");
+    }
+    let resp = h.post("/v1/pull", b"{\"ranges\": 5}");
+    assert_eq!(resp.status, 400);
+    let resp = h.post("/v1/push", &push_body(0, vec![row("1", "x")]));
+    assert_eq!(resp.status, 400, "seq 0 is refused: {resp:?}");
+    let resp = request(
+        h.server.addr,
+        h.pin,
+        "GET",
+        "/v1/nowhere",
+        Some(&h.token),
+        &[],
+        b"",
+    );
+    assert_eq!(resp.status, 404);
+    assert_eq!(h.node.rows(), 0);
+}
+
+#[test]
+fn bad_records_are_refused_alone_and_nul_is_kept_exactly() {
+    let h = hub(&[]);
+    // Built by hand: a lone surrogate is valid JSON syntax but not text.
+    let body = format!(
+        r#"{{"batches": [{{"node": "{WRITER}", "stream": "memory", "start": 1, "records": [
+            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "1", "role": "user", "text": "first", "ts": 1}}}},
+            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "2", "role": "user", "text": "lone \ud800 surrogate", "ts": 1}}}},
+            {{"row": {{"source": "", "conversation_id": "c", "msg_id": "3", "role": "user", "text": "no source", "ts": 1}}}},
+            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "4", "role": "user", "text": "nul \u0000 inside", "ts": 1}}}},
+            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "5", "role": "user", "text": "ts missing"}}}}
+        ]}}]}}"#
+    );
+    let resp = h.post("/v1/push", body.as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let v = resp.json();
+    assert_eq!(v["accepted"], 5);
+    let voided: Vec<u64> = v["voided"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(voided, vec![2, 3, 5]);
+    assert_eq!(v["heads"][0]["seq"], 5);
+
+    let rows = h.node.export();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        rows[1]["text"], "nul \u{0} inside",
+        "NUL must be stored exactly"
+    );
+    h.node.assert_intact();
+
+    // The same push again: all duplicates, nothing changes.
+    let again = h.post("/v1/push", body.as_bytes()).json();
+    assert_eq!(again["accepted"], 0);
+    assert_eq!(again["duplicates"], 5);
+
+    // A push that skips ahead is refused as a gap.
+    let resp = h.post("/v1/push", &push_body(9, vec![row("9", "x")]));
+    assert_eq!(resp.status, 409, "{resp:?}");
+    assert_eq!(resp.json()["error"], "gap");
+
+    // A relay of the voids keeps their places: a spoke pulls all five.
+    let spoke = Node::new("spoke");
+    spoke.pair(&h.node, &h.server, "hub");
+    let r = spoke.json(&["sync", "--json"]);
+    assert_eq!(r[0]["report"]["pulled"], 5, "{r}");
+    spoke.ok(&["verify"]);
+}
+
+#[test]
+fn the_rate_limit_answers_429_with_retry_after_and_the_client_waits() {
+    let h = hub(&["--rate-per-minute", "60", "--rate-burst", "3"]);
+    let hello = serde_json::to_vec(
+        &json!({"protocol": {"major": 1, "minor": 0}, "node": {"id": WRITER, "name": "prober"}}),
+    )
+    .unwrap();
+    let statuses: Vec<_> = (0..5).map(|_| h.post("/v1/hello", &hello)).collect();
+    let limited = statuses
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("no 429 after the burst");
+    let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(limited.json()["error"], "rate_limited");
+
+    // A spoke with its own token syncs through the limit by waiting.
+    let spoke = Node::new("spoke");
+    spoke.pair(&h.node, &h.server, "hub");
+    spoke.import(&crate::harness::rows("r", "c", 8, 20));
+    let started = Instant::now();
+    let r = spoke.json(&["sync", "--batch", "2", "--json"]);
+    assert_eq!(r[0]["ok"], true, "{r}");
+    assert_eq!(r[0]["report"]["pushed"], 8);
+    assert!(r[0]["report"]["rate_limited"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the client did not wait"
+    );
+    assert_eq!(h.node.rows(), 8);
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let h = hub(&["--header-timeout-secs", "1"]);
+    let mut stream = tls_stream(h.server.addr, h.pin);
+    stream
+        .write_all(b"POST /v1/hello HTTP/1.1\r\nHost: selves\r\nX-Slow: ")
+        .unwrap();
+    stream.flush().unwrap();
+    let started = Instant::now();
+    // The server either answers 408 or just closes; either way the
+    // connection ends instead of being held open.
+    let mut buf = [0u8; 1024];
+    let mut got = Vec::new();
+    loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the connection was held open"
+    );
+    if !got.is_empty() {
+        let resp = read_response(&mut &got[..]);
+        assert_eq!(resp.status, 408);
+    }
+    // The server still serves others.
+    h.node.ok(&["status"]);
+    let spoke = Node::new("spoke");
+    spoke.pair(&h.node, &h.server, "hub");
+    spoke.ok(&["sync"]);
+}
