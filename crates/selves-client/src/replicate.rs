@@ -17,10 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use selves_store::{IncomingBatch, Store};
+use selves_store::{Durability, IncomingBatch, Store};
 use selves_wire::native::{
-    Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range,
-    RawPullResponse, Voided,
+    Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range, Voided,
 };
 use selves_wire::{NodeId, StreamName};
 
@@ -317,13 +316,13 @@ struct Parsed {
 }
 
 fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
-    let raw: RawPullResponse = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let (batches, _) = selves_wire::native::parse_batches(bytes).map_err(|e| e.to_string())?;
     let mut parsed = Parsed {
-        batches: Vec::with_capacity(raw.batches.len()),
+        batches: Vec::with_capacity(batches.len()),
         ends: Vec::new(),
         records: 0,
     };
-    for b in &raw.batches {
+    for b in batches {
         let n = b.records.len() as u64;
         if n == 0 {
             continue;
@@ -336,10 +335,10 @@ fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
             .ends
             .push((b.node.clone(), b.stream.clone(), b.start + n - 1));
         parsed.batches.push(IncomingBatch {
-            node: b.node.clone(),
-            stream: b.stream.clone(),
+            node: b.node,
+            stream: b.stream,
             start: b.start,
-            records: b.parse(),
+            records: b.records,
         });
     }
     Ok(parsed)
@@ -352,10 +351,20 @@ async fn fetch(
     counters: &Counters,
     req: PullRequest,
 ) -> Result<Parsed, SyncError> {
+    let started = Instant::now();
     let bytes = retry(opts, progress, counters, || client.pull(&req)).await?;
+    let fetched = started.elapsed();
     let url = client.url().to_owned();
-    tokio::task::spawn_blocking(move || parse_pull(&bytes))
-        .await
+    let size = bytes.len();
+    let parsed = tokio::task::spawn_blocking(move || parse_pull(&bytes));
+    let parsed = parsed.await;
+    tracing::debug!(
+        bytes = size,
+        fetch_ms = fetched.as_millis() as u64,
+        parse_ms = (started.elapsed() - fetched).as_millis() as u64,
+        "pull response"
+    );
+    parsed
         .map_err(|e| SyncError::Protocol {
             url: url.clone(),
             detail: e.to_string(),
@@ -398,7 +407,16 @@ async fn pull_all(
         advance(&mut wants, &parsed.ends);
         let s = store.clone();
         let batches = parsed.batches;
-        let apply = blocking(move || Ok(s.apply(batches)?));
+        // Pulled records need not wait for the disk batch by batch: the
+        // round's last batch is committed with FULL, which makes every
+        // earlier one durable too. (Nothing is acknowledged in between, and a
+        // power loss can only drop a suffix, fetched again next round.)
+        let durability = if wants.is_empty() {
+            Durability::Full
+        } else {
+            Durability::Deferred
+        };
+        let apply = blocking(move || Ok(s.apply(batches, durability)?));
         let prefetch = async {
             if wants.is_empty() {
                 None
@@ -406,7 +424,19 @@ async fn pull_all(
                 Some(fetch(client, opts, progress, counters, request(&wants)).await)
             }
         };
+        let round = Instant::now();
+        let apply = async {
+            let r = apply.await;
+            (r, round.elapsed())
+        };
         let (applied, fetched) = tokio::join!(apply, prefetch);
+        let (applied, apply_time) = applied;
+        tracing::debug!(
+            records = parsed.records,
+            apply_ms = apply_time.as_millis() as u64,
+            round_ms = round.elapsed().as_millis() as u64,
+            "pulled batch applied"
+        );
         let summary = applied?;
         report.pulled += summary.accepted;
         report.duplicates += summary.duplicates;
@@ -427,16 +457,15 @@ struct Prepared {
     ends: Vec<(NodeId, StreamName, u64)>,
 }
 
+/// Reads and serialises the next push body for `ranges`.
 async fn prepare(
-    store: &Arc<Store>,
-    wants: &[Want],
+    store: Arc<Store>,
+    ranges: Vec<Range>,
     max_records: u32,
     max_bytes: u64,
 ) -> Result<Prepared, SyncError> {
-    let s = store.clone();
-    let ranges = ranges(wants);
     blocking(move || {
-        let read = s.read_ranges(&ranges, max_records as usize, max_bytes as usize)?;
+        let read = store.read_ranges(&ranges, max_records as usize, max_bytes as usize)?;
         let ends = read
             .batches
             .iter()
@@ -466,6 +495,12 @@ async fn prepare(
     .await
 }
 
+/// Pushes in flight at once. The peer applies them in order: one that
+/// arrives before its predecessor waits for it.
+const PUSH_DEPTH: usize = 2;
+/// About how large a push body is made (bytes, estimated).
+const PUSH_BODY_TARGET: u64 = 3 << 20;
+
 #[allow(clippy::too_many_arguments)]
 async fn push_all(
     store: &Arc<Store>,
@@ -473,67 +508,91 @@ async fn push_all(
     opts: &SyncOptions,
     progress: &dyn Progress,
     counters: &Counters,
-    mut wants: Vec<Want>,
+    wants: Vec<Want>,
     mut batch_records: u32,
     max_body: u64,
     started: Instant,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
+    use futures_util::StreamExt as _;
+    use futures_util::stream::FuturesOrdered;
+
     // Records are sized by estimate; aim well under the limit so a body
-    // almost never has to be cut again.
-    let byte_budget = (max_body / 2).max(1);
-    let mut next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
-    while let Some(prepared) = next.take() {
-        if prepared.records == 0 {
-            break;
+    // almost never has to be cut again, and keep bodies small enough that a
+    // few in flight stay cheap in memory.
+    let byte_budget = (max_body / 2).clamp(1, PUSH_BODY_TARGET);
+    // What the peer has acknowledged, and how far bodies were prepared.
+    let mut acked = wants.clone();
+    let mut planned = wants;
+    let mut inflight = FuturesOrdered::new();
+    let mut ready: Option<Prepared> = None;
+    let mut preparing = None;
+    loop {
+        if ready.is_none() && preparing.is_none() && !planned.is_empty() {
+            preparing = Some(Box::pin(prepare(
+                store.clone(),
+                ranges(&planned),
+                batch_records,
+                byte_budget,
+            )));
         }
-        if prepared.body.len() as u64 > max_body {
-            if prepared.records == 1 {
-                return Err(SyncError::PayloadTooLarge {
-                    url: client.url().to_owned(),
-                });
-            }
-            batch_records = (prepared.records / 2).max(1);
-            next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
+        if inflight.len() < PUSH_DEPTH
+            && let Some(p) = ready.take()
+        {
+            let body = p.body.clone();
+            let send = async move {
+                let sent = retry(opts, progress, counters, || client.push(body.to_vec())).await;
+                (sent, p)
+            };
+            inflight.push_back(send);
             continue;
         }
-        let mut after = wants.clone();
-        advance(&mut after, &prepared.ends);
-        let body = prepared.body.clone();
-        let send = retry(opts, progress, counters, || client.push(body.to_vec()));
-        let prefetch = async {
-            if after.is_empty() {
-                None
-            } else {
-                Some(prepare(store, &after, batch_records, byte_budget).await)
-            }
-        };
-        let (sent, prepared_next) = tokio::join!(send, prefetch);
-        match sent {
-            Ok(resp) => {
-                report.pushed += resp.accepted;
-                report.duplicates += resp.duplicates;
-                report.voided.extend(resp.voided);
-                report.durable_ms = started.elapsed().as_millis() as u64;
-                progress.pushed(u64::from(prepared.records));
-                wants = after;
-                next = prepared_next.transpose()?;
-            }
-            Err(SyncError::PayloadTooLarge { url }) => {
-                if prepared.records == 1 {
-                    return Err(SyncError::PayloadTooLarge { url });
+        if inflight.is_empty() && preparing.is_none() && ready.is_none() {
+            return Ok(());
+        }
+        tokio::select! {
+            Some((sent, p)) = inflight.next(), if !inflight.is_empty() => match sent {
+                Ok(resp) => {
+                    report.pushed += resp.accepted;
+                    report.duplicates += resp.duplicates;
+                    report.voided.extend(resp.voided);
+                    report.durable_ms = started.elapsed().as_millis() as u64;
+                    progress.pushed(u64::from(p.records));
+                    advance(&mut acked, &p.ends);
                 }
-                batch_records = (prepared.records / 2).max(1);
-                progress.waiting(
-                    "the peer refused a batch as too large; halving",
-                    Duration::ZERO,
-                );
-                next = Some(prepare(store, &wants, batch_records, byte_budget).await?);
+                Err(SyncError::PayloadTooLarge { url }) => {
+                    if p.records == 1 {
+                        return Err(SyncError::PayloadTooLarge { url });
+                    }
+                    // Start again from what the peer acknowledged, with
+                    // smaller batches. Pushes still in flight are dropped;
+                    // any the peer applies anyway are harmless repeats.
+                    batch_records = (p.records / 2).max(1);
+                    progress.waiting("the peer refused a batch as too large; halving", Duration::ZERO);
+                    inflight = FuturesOrdered::new();
+                    ready = None;
+                    preparing = None;
+                    planned = acked.clone();
+                }
+                Err(e) => return Err(e),
+            },
+            prepared = async { preparing.as_mut().expect("guarded").await }, if preparing.is_some() => {
+                preparing = None;
+                let p = prepared?;
+                if p.records == 0 {
+                    planned.clear();
+                } else if p.body.len() as u64 > max_body {
+                    if p.records == 1 {
+                        return Err(SyncError::PayloadTooLarge { url: client.url().to_owned() });
+                    }
+                    batch_records = (p.records / 2).max(1);
+                } else {
+                    advance(&mut planned, &p.ends);
+                    ready = Some(p);
+                }
             }
-            Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -17,7 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use selves_store::{AuthOutcome, IncomingBatch, Store};
 use selves_wire::native::{
     self, DigestResponse, Hello, HelloRequest, Limits, NodeInfo, PROTOCOL, PullRequest,
-    PullResponse, PushResponse, RawPushRequest,
+    PullResponse, PushResponse,
 };
 use selves_wire::{Name, Token};
 use tokio::sync::Notify;
@@ -40,6 +40,54 @@ pub(crate) struct App {
     /// When each peer's `last_seen_at` was last written, so it is written
     /// at most once a minute.
     pub seen: Mutex<HashMap<String, Instant>>,
+    pub reorder: Arc<Reorder>,
+}
+
+/// Lets a client keep two pushes in flight: a push whose records start
+/// past the head waits a little for the push before it (likely still being
+/// applied) instead of being refused at once as a gap.
+#[derive(Default)]
+pub(crate) struct Reorder {
+    commits: Mutex<u64>,
+    committed: std::sync::Condvar,
+}
+
+/// How long a push waits for the records before its own.
+const REORDER_WINDOW: Duration = Duration::from_secs(5);
+
+impl Reorder {
+    fn wait_for_predecessors(
+        &self,
+        store: &Store,
+        batches: &[IncomingBatch],
+    ) -> Result<(), ApiError> {
+        let deadline = Instant::now() + REORDER_WINDOW;
+        let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut ready = true;
+            for b in batches.iter().filter(|b| !b.records.is_empty()) {
+                if b.start > store.head(&b.node, &b.stream)? + 1 {
+                    ready = false;
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if ready || now >= deadline {
+                // Past the window the apply refuses the gap itself.
+                return Ok(());
+            }
+            commits = self
+                .committed
+                .wait_timeout(commits, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn applied(&self) {
+        *self.commits.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.committed.notify_all();
+    }
 }
 
 impl App {
@@ -58,6 +106,7 @@ impl App {
             limiter: RateLimiter::keyed(quota),
             index_kick,
             seen: Mutex::new(HashMap::new()),
+            reorder: Arc::new(Reorder::default()),
         }
     }
 }
@@ -267,29 +316,33 @@ async fn push(
     let max_records = app.limits.max_push_records as usize;
     let store = app.store.clone();
     let started = Instant::now();
+    let reorder = app.reorder.clone();
     let summary = blocking(move || {
-        let req: RawPushRequest = serde_json::from_slice(&bytes)
+        let (batches, _) = native::parse_batches(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("malformed push request: {e}")))?;
-        let n: usize = req.batches.iter().map(|b| b.records.len()).sum();
+        let n: usize = batches.iter().map(|b| b.records.len()).sum();
         if n > max_records {
             return Err(ApiError::BadRequest(format!(
                 "{n} records in one push; this server takes at most {max_records}"
             )));
         }
-        if req.batches.iter().any(|b| b.start == 0) {
+        if batches.iter().any(|b| b.start == 0) {
             return Err(ApiError::BadRequest("records are numbered from 1".into()));
         }
-        let incoming = req
-            .batches
-            .iter()
+        let incoming: Vec<IncomingBatch> = batches
+            .into_iter()
             .map(|b| IncomingBatch {
-                node: b.node.clone(),
-                stream: b.stream.clone(),
+                node: b.node,
+                stream: b.stream,
                 start: b.start,
-                records: b.parse(),
+                records: b.records,
             })
             .collect();
-        Ok(store.apply(incoming)?)
+        reorder.wait_for_predecessors(&store, &incoming)?;
+        // The answer acknowledges these records: they must be on disk first.
+        let summary = store.apply(incoming, selves_store::Durability::Full);
+        reorder.applied();
+        Ok(summary?)
     })
     .await?;
     if summary.changed_rows > 0 {

@@ -8,8 +8,11 @@ use std::time::Duration;
 use selves_store::Store;
 use tokio::sync::{Notify, watch};
 
-/// Waits after a kick so a burst of pushes is indexed in big batches.
-const SETTLE: Duration = Duration::from_millis(100);
+/// Indexing waits for pushes to pause this long, so it does not compete
+/// with a bulk sync for the CPU, and runs in big batches…
+const LULL: Duration = Duration::from_millis(250);
+/// …unless this many pushes came without a pause.
+const BACKLOG: u32 = 64;
 
 pub(crate) async fn run(store: Arc<Store>, kick: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -17,9 +20,18 @@ pub(crate) async fn run(store: Arc<Store>, kick: Arc<Notify>, mut stop: watch::R
             () = kick.notified() => {}
             _ = stop.changed() => return,
         }
-        tokio::select! {
-            () = tokio::time::sleep(SETTLE) => {}
-            _ = stop.changed() => return,
+        let mut pushes = 1;
+        loop {
+            tokio::select! {
+                () = kick.notified() => {
+                    pushes += 1;
+                    if pushes >= BACKLOG {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(LULL) => break,
+                _ = stop.changed() => return,
+            }
         }
         loop {
             let s = store.clone();

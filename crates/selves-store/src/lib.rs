@@ -29,6 +29,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selves_wire::{Name, NodeId, StreamName};
 
 pub use log::{ApplySummary, IncomingBatch, RangeRead};
+
 pub use memory::{CaptureOptions, CaptureSummary};
 pub use peers::{Attempt, AuthOutcome, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};
@@ -125,6 +126,20 @@ impl StorePaths {
     }
 }
 
+/// How durable a commit must be when it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (`synchronous=FULL`): survives power loss. For this node's
+    /// own records and for anything acknowledged to a peer.
+    Full,
+    /// Written to the OS (`synchronous=NORMAL`): survives the process being
+    /// killed; a power loss may drop a suffix of such commits (WAL recovery
+    /// keeps a prefix). Only for records pulled from a peer, which the next
+    /// heads exchange fetches again, and only when a later `Full` commit in
+    /// the same round makes them all durable.
+    Deferred,
+}
+
 /// This node, as the store knows it.
 #[derive(Debug, Clone)]
 pub struct Me {
@@ -147,10 +162,11 @@ pub struct Store {
     /// Identifies this database, so a search index made for another one is
     /// never trusted.
     instance: String,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     /// The connection that writes `search.db`.
     search_writer: Mutex<Option<Connection>>,
+    checkpointer: Checkpointer,
 }
 
 const MAX_IDLE_READERS: usize = 4;
@@ -167,6 +183,10 @@ impl Store {
         // batch.
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.pragma_update(None, "cache_size", -8000)?;
+        // Checkpoints run on the checkpointer's thread, off the commit path;
+        // the writer checkpoints itself only if the WAL grows past 256 MB.
+        writer.pragma_update(None, "wal_autocheckpoint", 65536)?;
+        writer.pragma_update(None, "journal_size_limit", 64 << 20)?;
         schema::migrate(&mut writer)?;
 
         let tx = writer.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -206,6 +226,7 @@ impl Store {
                 r.get(0)
             })?;
         tx.commit()?;
+        let checkpointer = Checkpointer::start(&paths.db)?;
 
         let store = Store {
             paths: paths.clone(),
@@ -216,9 +237,14 @@ impl Store {
             },
             streams: Streams { memory },
             instance,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                conn: writer,
+                convs: memory::ConvCache::default(),
+                data_version: None,
+            }),
             readers: Mutex::new(Vec::new()),
             search_writer: Mutex::new(None),
+            checkpointer,
         };
         search::prepare(&store)?;
         Ok(store)
@@ -232,16 +258,58 @@ impl Store {
         &self.paths
     }
 
-    /// Runs `f` in an IMMEDIATE transaction on the writer, committed on `Ok`.
+    /// Runs `f` in an IMMEDIATE transaction on the writer, committed
+    /// durably (`synchronous=FULL`) on `Ok`.
     pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
+        self.write_memory(Durability::Full, |tx, _| f(tx))
+    }
+
+    /// Like [`Store::write`], with the writer's conversation cache. The
+    /// cache is trusted only while no other connection has written (SQLite's
+    /// `data_version` tells), and dropped whenever a transaction fails.
+    pub(crate) fn write_memory<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut memory::ConvCache) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *guard;
+        // The level can only change outside a transaction; FULL is the
+        // writer's resting state.
+        if durability == Durability::Deferred {
+            w.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = Self::transact(w, f);
+        if durability == Durability::Deferred {
+            w.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let out = result?;
+        self.checkpointer.kick();
         Ok(out)
+    }
+
+    fn transact<T>(
+        w: &mut Writer,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut memory::ConvCache) -> Result<T>,
+    ) -> Result<T> {
+        let tx = w
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if w.data_version != Some(version) || w.convs.len() > memory::CONV_CACHE_MAX {
+            w.convs.clear();
+            w.data_version = Some(version);
+        }
+        match f(&tx, &mut w.convs).and_then(|out| Ok((out, tx.commit()?))) {
+            Ok((out, ())) => Ok(out),
+            Err(e) => {
+                w.convs.clear();
+                Err(e)
+            }
+        }
     }
 
     /// A read connection from the pool (search.db attached as `search`).
@@ -348,6 +416,83 @@ pub struct Counts {
     pub rows: u64,
     pub local_only_rows: u64,
     pub conversations: u64,
+}
+
+/// The writer connection and what it may remember between transactions.
+struct Writer {
+    conn: Connection,
+    convs: memory::ConvCache,
+    /// `PRAGMA data_version` when `convs` was last known good.
+    data_version: Option<i64>,
+}
+
+/// Copies committed WAL frames into the database file on its own thread
+/// and connection, so commits only append to the WAL. It waits for a lull
+/// in commits (or a large backlog), so a bulk sync is not slowed by copying
+/// every page a second time while it runs.
+struct Checkpointer {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long the writer must be quiet before a checkpoint.
+const CHECKPOINT_LULL: Duration = Duration::from_millis(250);
+/// Commits after which a checkpoint runs even without a lull.
+const CHECKPOINT_BACKLOG: u32 = 64;
+
+impl Checkpointer {
+    fn start(db: &Path) -> Result<Checkpointer> {
+        use std::sync::mpsc::RecvTimeoutError;
+        let conn = open_conn(db)?;
+        let (kick, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        // PASSIVE never blocks the writer or readers. A failure only leaves
+        // the WAL longer; the next pass retries.
+        let checkpoint = move || {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        };
+        let thread = std::thread::Builder::new()
+            .name("selves-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let mut commits = 1;
+                    loop {
+                        match woken.recv_timeout(CHECKPOINT_LULL) {
+                            Ok(()) if commits < CHECKPOINT_BACKLOG => commits += 1,
+                            Ok(()) | Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => {
+                                checkpoint();
+                                return;
+                            }
+                        }
+                    }
+                    checkpoint();
+                }
+            })
+            .map_err(|source| StoreError::Io {
+                path: db.to_owned(),
+                source,
+            })?;
+        Ok(Checkpointer {
+            kick: Some(kick),
+            thread: Some(thread),
+        })
+    }
+
+    fn kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its current pass.
+        self.kick.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub(crate) struct Reader<'a> {

@@ -10,7 +10,7 @@ use selves_wire::native::{Head, MemoryDigest, NodeInfo, Range, Record, RecordBat
 use selves_wire::{NodeId, StreamName};
 
 use crate::memory::{Materialiser, ROW_COLUMNS, normalise, read_row};
-use crate::{Result, Store, StoreError};
+use crate::{Durability, Result, Store, StoreError};
 
 /// The local index of node `id`, adding it (and noting its name) if new.
 pub(crate) fn node_index(conn: &Connection, id: &NodeId, name: Option<&str>) -> Result<i64> {
@@ -176,6 +176,19 @@ impl Store {
         }
     }
 
+    /// The head of one (node, stream): 0 when nothing is held.
+    pub fn head(&self, node: &NodeId, stream: &StreamName) -> Result<u64> {
+        let r = self.reader()?;
+        let seq: Option<i64> = r
+            .prepare_cached(
+                "SELECT h.seq FROM heads h JOIN nodes n ON n.id = h.node
+                 JOIN streams s ON s.id = h.stream WHERE n.node_id = ?1 AND s.name = ?2",
+            )?
+            .query_row(params![node.as_str(), stream.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
     /// Every head this node holds, sorted.
     pub fn heads(&self) -> Result<Vec<Head>> {
         let r = self.reader()?;
@@ -219,14 +232,18 @@ impl Store {
     }
 
     /// Stores and materialises records received from a peer, all in one
-    /// transaction committed with `synchronous=FULL` before this returns:
-    /// what it reports is durable. Records already held are skipped, so a
+    /// transaction committed before this returns, as durably as asked: with
+    /// [`Durability::Full`] what it reports is on disk. Records already held are skipped, so a
     /// repeated or overlapping range is harmless; a range that starts past
     /// the head (a gap) is refused whole.
-    pub fn apply(&self, batches: Vec<IncomingBatch>) -> Result<ApplySummary> {
-        self.write(|tx| {
+    pub fn apply(
+        &self,
+        batches: Vec<IncomingBatch>,
+        durability: Durability,
+    ) -> Result<ApplySummary> {
+        self.write_memory(durability, |tx, convs| {
             let mut summary = ApplySummary::default();
-            let mut mat = Materialiser::new(tx)?;
+            let mut mat = Materialiser::new(tx, convs)?;
             let mut touched = BTreeMap::new();
             for batch in batches {
                 let stream = self.carried(&batch.stream)?;
@@ -391,7 +408,7 @@ impl Store {
                 xor_hashes(&r, "SELECT hash FROM messages WHERE key IS NOT NULL")?;
             let (conversations, conv_xor) =
                 xor_hashes(&r, "SELECT hash FROM conversations WHERE synced = 1")?;
-            let mut h = blake3::Hasher::new_derive_key("selves memory digest v1");
+            let mut h = selves_wire::domain_hasher!("selves memory digest v1");
             h.update(&row_xor);
             h.update(&conv_xor);
             h.update(&rows.to_le_bytes());

@@ -89,18 +89,36 @@ impl Outcome {
     }
 }
 
-struct Conv {
+pub(crate) struct Conv {
     id: i64,
     meta: ConversationMeta,
     synced: bool,
     dirty: bool,
 }
 
+/// Conversations as the writer last wrote them: source → conversation_id
+/// → state (two levels, so lookups borrow instead of allocating a key per
+/// row). Kept across transactions by the writer while valid.
+#[derive(Default)]
+pub(crate) struct ConvCache(HashMap<String, HashMap<String, Conv>>);
+
+/// Conversations remembered at most; past this the cache starts over.
+pub(crate) const CONV_CACHE_MAX: usize = 100_000;
+
+impl ConvCache {
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.0.values().map(HashMap::len).sum()
+    }
+}
+
 /// One write transaction's view of the materialised state. Conversation
 /// metadata is joined in memory and written once per transaction.
-pub(crate) struct Materialiser<'t> {
+pub(crate) struct Materialiser<'t, 'c> {
     tx: &'t Transaction<'t>,
-    convs: HashMap<(String, String), Conv>,
+    convs: &'c mut ConvCache,
     next_arrival: i64,
 }
 
@@ -112,14 +130,14 @@ pub(crate) fn normalise(row: &mut Row) {
     }
 }
 
-impl<'t> Materialiser<'t> {
-    pub(crate) fn new(tx: &'t Transaction<'t>) -> Result<Self> {
+impl<'t, 'c> Materialiser<'t, 'c> {
+    pub(crate) fn new(tx: &'t Transaction<'t>, convs: &'c mut ConvCache) -> Result<Self> {
         let max: i64 = tx.query_row("SELECT COALESCE(MAX(arrival), 0) FROM messages", [], |r| {
             r.get(0)
         })?;
         Ok(Materialiser {
             tx,
-            convs: HashMap::new(),
+            convs,
             next_arrival: max + 1,
         })
     }
@@ -137,10 +155,20 @@ impl<'t> Materialiser<'t> {
 
     fn put_message(&mut self, row: &Row, key: Option<RowKey>, conv: i64) -> Result<Outcome> {
         let hash = row.version_hash();
+        // Most rows are new: try the insert first, which probes the unique
+        // indexes once, and look at what is held only on a conflict.
+        if let Some(id) = self.try_insert(key, conv, hash, row)? {
+            return Ok(Outcome::Inserted(id));
+        }
         let Some(key) = key else {
-            return self.put_local_only(row, conv, hash);
+            // A local-only row already held (same uuid).
+            let id = self
+                .tx
+                .prepare_cached("SELECT id FROM messages WHERE key IS NULL AND uuid = ?1")?
+                .query_row(params![row.uuid], |r| r.get(0))?;
+            return Ok(Outcome::Unchanged(id));
         };
-        let existing = self
+        let (id, old_hash, old_edited, old_origin) = self
             .tx
             .prepare_cached("SELECT id, hash, edited_at, origin FROM messages WHERE key = ?1")?
             .query_row(params![&key.0[..]], |r| {
@@ -150,12 +178,7 @@ impl<'t> Materialiser<'t> {
                     r.get::<_, Option<i64>>(2)?,
                     r.get::<_, Option<String>>(3)?,
                 ))
-            })
-            .optional()?;
-        let Some((id, old_hash, old_edited, old_origin)) = existing else {
-            let id = self.insert(Some(key), conv, hash, row)?;
-            return Ok(Outcome::Inserted(id));
-        };
+            })?;
         if old_hash == hash.0 {
             return Ok(Outcome::Unchanged(id));
         }
@@ -194,31 +217,23 @@ impl<'t> Materialiser<'t> {
         Ok(Outcome::Updated(id))
     }
 
-    fn put_local_only(&mut self, row: &Row, conv: i64, hash: VersionHash) -> Result<Outcome> {
-        let found: Option<i64> = self
-            .tx
-            .prepare_cached("SELECT id FROM messages WHERE key IS NULL AND uuid = ?1")?
-            .query_row(params![row.uuid], |r| r.get(0))
-            .optional()?;
-        match found {
-            Some(id) => Ok(Outcome::Unchanged(id)),
-            None => Ok(Outcome::Inserted(self.insert(None, conv, hash, row)?)),
-        }
-    }
-
-    fn insert(
+    /// Inserts the row unless one with its identity (or, for a local-only
+    /// row, its uuid) is held. Returns the new id, or `None` on a conflict.
+    fn try_insert(
         &mut self,
         key: Option<RowKey>,
         conv: i64,
         hash: VersionHash,
         row: &Row,
-    ) -> Result<i64> {
-        let arrival = self.take_arrival();
-        self.tx
+    ) -> Result<Option<i64>> {
+        let arrival = self.next_arrival;
+        let inserted = self
+            .tx
             .prepare_cached(
                 "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role, sender, ts,
                     edited_at, channel, origin, metadata, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 key.as_ref().map(|k| &k.0[..]),
@@ -236,7 +251,11 @@ impl<'t> Materialiser<'t> {
                 row.metadata,
                 row.text,
             ])?;
-        Ok(self.tx.last_insert_rowid())
+        if inserted == 0 {
+            return Ok(None);
+        }
+        self.next_arrival += 1;
+        Ok(Some(self.tx.last_insert_rowid()))
     }
 
     fn take_arrival(&mut self) -> i64 {
@@ -249,28 +268,44 @@ impl<'t> Materialiser<'t> {
     /// the conversation's id and whether the join changed it. Local-only
     /// rows shape a conversation only until a synced row reaches it.
     fn contribute(&mut self, row: &Row, synced: bool) -> Result<(i64, bool)> {
-        let meta = row.conversation.clone().unwrap_or(ConversationMeta {
-            first_ts: Some(row.ts),
-            last_ts: Some(row.ts),
-            ..ConversationMeta::default()
-        });
-        let lookup = (row.source.clone(), row.conversation_id.clone());
-        if !self.convs.contains_key(&lookup) {
-            let conv = self.load_conv(&row.source, &row.conversation_id, &meta, synced)?;
-            self.convs.insert(lookup.clone(), conv);
+        let fallback;
+        let meta = match &row.conversation {
+            Some(m) => m,
+            None => {
+                fallback = ConversationMeta {
+                    first_ts: Some(row.ts),
+                    last_ts: Some(row.ts),
+                    ..ConversationMeta::default()
+                };
+                &fallback
+            }
+        };
+        let cached = self
+            .convs
+            .0
+            .get(&row.source)
+            .is_some_and(|m| m.contains_key(&row.conversation_id));
+        if !cached {
+            let conv = self.load_conv(&row.source, &row.conversation_id, meta, synced)?;
+            self.convs
+                .0
+                .entry(row.source.clone())
+                .or_default()
+                .insert(row.conversation_id.clone(), conv);
         }
-        let conv = self.convs.get_mut(&lookup).expect("just inserted");
+        let conv = self
+            .convs
+            .0
+            .get_mut(&row.source)
+            .and_then(|m| m.get_mut(&row.conversation_id))
+            .expect("cached above");
         let mut changed = false;
         if synced && !conv.synced {
-            conv.meta = meta;
+            conv.meta = meta.clone();
             conv.synced = true;
             changed = true;
         } else if synced == conv.synced {
-            let joined = conv.meta.join(&meta);
-            if joined != conv.meta {
-                conv.meta = joined;
-                changed = true;
-            }
+            changed = conv.meta.join_from(meta);
         }
         conv.dirty |= changed;
         Ok((conv.id, changed))
@@ -329,10 +364,16 @@ impl<'t> Materialiser<'t> {
                 parent_conversation_id = ?6, hash = ?7, synced = ?8
              WHERE id = ?1",
         )?;
-        for ((source, conversation_id), conv) in &self.convs {
+        let all = self
+            .convs
+            .0
+            .iter_mut()
+            .flat_map(|(source, m)| m.iter_mut().map(move |(id, conv)| (source, id, conv)));
+        for (source, conversation_id, conv) in all {
             if !conv.dirty {
                 continue;
             }
+            conv.dirty = false;
             let m = &conv.meta;
             stmt.execute(params![
                 conv.id,
@@ -386,9 +427,9 @@ impl Store {
     /// transaction, durable when this returns.
     pub fn capture(&self, rows: Vec<Row>, opts: &CaptureOptions) -> Result<CaptureSummary> {
         let mut summary = CaptureSummary::default();
-        self.write(|tx| {
+        self.write_memory(crate::Durability::Full, |tx, convs| {
             let mut own = crate::log::OwnLog::open(tx, self.me.idx, self.streams.memory)?;
-            let mut mat = Materialiser::new(tx)?;
+            let mut mat = Materialiser::new(tx, convs)?;
             for (i, mut row) in rows.into_iter().enumerate() {
                 if row.origin.is_none() {
                     row.origin.clone_from(&opts.stamp_origin);
@@ -444,28 +485,36 @@ impl Store {
 
     /// Calls `sink` with every row, local-only ones included, in a stable
     /// order: by source, conversation, ts, msg_id, uuid. Two converged nodes
-    /// export the same synced rows byte for byte. Memory stays bounded: one
-    /// conversation is sorted at a time.
+    /// export the same synced rows byte for byte. Memory stays bounded: the
+    /// sort holds only the small columns (SQLite spills it to disk when
+    /// large), and each row is then read by id.
     pub fn export(&self, mut sink: impl FnMut(Row) -> std::io::Result<()>) -> Result<u64> {
         let r = self.reader()?;
-        let mut convs =
-            r.prepare("SELECT id FROM conversations ORDER BY source, conversation_id")?;
-        let mut rows = r.prepare(&format!(
-            "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
-             WHERE m.conv = ?1 ORDER BY m.ts, m.msg_id, m.uuid"
-        ))?;
-        let ids = convs.query_map([], |r| r.get::<_, i64>(0))?;
-        let mut n = 0;
-        for id in ids {
-            let mut q = rows.query(params![id?])?;
-            while let Some(row) = q.next()? {
-                sink(read_row(row, 0)?).map_err(|e| crate::StoreError::Io {
+        // One read transaction: the order and the rows are one snapshot.
+        r.execute_batch("BEGIN")?;
+        let result = (|| {
+            let mut order = r.prepare(
+                "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conv
+                 ORDER BY c.source, c.conversation_id, m.ts, m.msg_id, m.uuid",
+            )?;
+            let mut by_id = r.prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
+                 WHERE m.id = ?1"
+            ))?;
+            let mut ids = order.query([])?;
+            let mut n = 0;
+            while let Some(id) = ids.next()? {
+                let id: i64 = id.get(0)?;
+                let row = by_id.query_row(params![id], |row| read_row(row, 0))?;
+                sink(row).map_err(|e| crate::StoreError::Io {
                     path: "<export>".into(),
                     source: e,
                 })?;
                 n += 1;
             }
-        }
-        Ok(n)
+            Ok(n)
+        })();
+        r.execute_batch("COMMIT")?;
+        result
     }
 }

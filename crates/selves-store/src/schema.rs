@@ -88,7 +88,6 @@ const MIGRATIONS: &[&str] = &[
         text      TEXT NOT NULL
     );
     CREATE UNIQUE INDEX messages_arrival ON messages (arrival);
-    CREATE INDEX messages_conv ON messages (conv, ts);
     -- Local-only rows have no key; their uuid deduplicates re-imports.
     CREATE UNIQUE INDEX messages_local_uuid ON messages (uuid) WHERE key IS NULL;
 

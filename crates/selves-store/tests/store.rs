@@ -3,7 +3,9 @@
 //! as the sync client does over HTTPS.
 
 use proptest::prelude::*;
-use selves_store::{CaptureOptions, IncomingBatch, SearchQuery, Store, StoreError, StorePaths};
+use selves_store::{
+    CaptureOptions, Durability, IncomingBatch, SearchQuery, Store, StoreError, StorePaths,
+};
 use selves_wire::native::{Range, Record};
 use selves_wire::{ConversationMeta, Row, StreamName};
 
@@ -92,7 +94,7 @@ fn pull(to: &Store, from: &Store, batch: usize) -> u64 {
                 records: b.records,
             })
             .collect();
-        moved += to.apply(incoming).unwrap().accepted;
+        moved += to.apply(incoming, Durability::Deferred).unwrap().accepted;
     }
 }
 
@@ -286,12 +288,15 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     let batch = read.batches[0].clone();
     let err = b
         .store
-        .apply(vec![IncomingBatch {
-            node: batch.node.clone(),
-            stream: batch.stream.clone(),
-            start: batch.start,
-            records: batch.records.clone(),
-        }])
+        .apply(
+            vec![IncomingBatch {
+                node: batch.node.clone(),
+                stream: batch.stream.clone(),
+                start: batch.start,
+                records: batch.records.clone(),
+            }],
+            Durability::Full,
+        )
         .unwrap_err();
     assert!(
         matches!(
@@ -309,12 +314,15 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     // Records under b's own id that b never wrote: a cloned identity.
     let err = b
         .store
-        .apply(vec![IncomingBatch {
-            node: b.store.me().id.clone(),
-            stream: StreamName::memory(),
-            start: 1,
-            records: batch.records,
-        }])
+        .apply(
+            vec![IncomingBatch {
+                node: b.store.me().id.clone(),
+                stream: StreamName::memory(),
+                start: 1,
+                records: batch.records,
+            }],
+            Durability::Full,
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::IdentityClash { .. }), "{err}");
     assert_eq!(b.store.counts().unwrap().rows, 0);
@@ -326,21 +334,24 @@ fn void_records_hold_their_place() {
     let b = node(2, "b");
     let summary = b
         .store
-        .apply(vec![IncomingBatch {
-            node: a.store.me().id.clone(),
-            stream: StreamName::memory(),
-            start: 1,
-            records: vec![
-                Record::Row(Box::new(row("c", "1", "good"))),
-                Record::Void("bad upstream".into()),
-                Record::Row(Box::new({
-                    let mut r = row("c", "3", "no source");
-                    r.source.clear();
-                    r
-                })),
-                Record::Row(Box::new(row("c", "4", "good too"))),
-            ],
-        }])
+        .apply(
+            vec![IncomingBatch {
+                node: a.store.me().id.clone(),
+                stream: StreamName::memory(),
+                start: 1,
+                records: vec![
+                    Record::Row(Box::new(row("c", "1", "good"))),
+                    Record::Void("bad upstream".into()),
+                    Record::Row(Box::new({
+                        let mut r = row("c", "3", "no source");
+                        r.source.clear();
+                        r
+                    })),
+                    Record::Row(Box::new(row("c", "4", "good too"))),
+                ],
+            }],
+            Durability::Full,
+        )
         .unwrap();
     assert_eq!(summary.accepted, 4);
     assert_eq!(summary.voided.len(), 2);

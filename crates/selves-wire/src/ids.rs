@@ -122,7 +122,7 @@ impl Token {
     }
     /// What a server stores instead of the token.
     pub fn digest(&self) -> [u8; 32] {
-        *blake3::Hasher::new_derive_key("selves token digest v1")
+        *crate::domain_hasher!("selves token digest v1")
             .update(&self.0)
             .finalize()
             .as_bytes()

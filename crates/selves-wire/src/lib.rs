@@ -23,6 +23,17 @@ pub type UnixSeconds = i64;
 /// Milliseconds since the Unix epoch, as used in `edited_at`.
 pub type UnixMillis = i64;
 
+/// A BLAKE3 hasher for one purpose, keyed with a key derived from
+/// `$context` once per process (deriving it on every call would cost more
+/// than hashing a typical row).
+#[macro_export]
+macro_rules! domain_hasher {
+    ($context:literal) => {{
+        static KEY: ::std::sync::OnceLock<[u8; 32]> = ::std::sync::OnceLock::new();
+        ::blake3::Hasher::new_keyed(KEY.get_or_init(|| ::blake3::derive_key($context, &[])))
+    }};
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -132,19 +132,6 @@ pub struct RawRecordBatch<'a> {
     pub records: Vec<&'a RawValue>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RawPullResponse<'a> {
-    #[serde(borrow)]
-    pub batches: Vec<RawRecordBatch<'a>>,
-    pub more: bool,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct RawPushRequest<'a> {
-    #[serde(borrow)]
-    pub batches: Vec<RawRecordBatch<'a>>,
-}
-
 impl RawRecordBatch<'_> {
     /// Parses each record on its own; an unparsable one becomes `Void` with
     /// the reason.
@@ -156,15 +143,74 @@ impl RawRecordBatch<'_> {
     }
 }
 
+/// Parses the batches of a push request or pull response. A body that
+/// parses whole (the usual case) is parsed once and checked record by
+/// record; one that does not is parsed again record by record, so only the
+/// bad records are refused (as `Void`) and the rest go on. Fails only when
+/// the body itself is not the expected JSON.
+pub fn parse_batches(body: &[u8]) -> Result<(Vec<RecordBatch>, bool), serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Typed {
+        batches: Vec<RecordBatch>,
+        #[serde(default)]
+        more: bool,
+    }
+    #[derive(Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        batches: Vec<RawRecordBatch<'a>>,
+        #[serde(default)]
+        more: bool,
+    }
+    if let Ok(typed) = serde_json::from_slice::<Typed>(body) {
+        let batches = typed
+            .batches
+            .into_iter()
+            .map(|mut b| {
+                for record in &mut b.records {
+                    check_record(record);
+                }
+                b
+            })
+            .collect();
+        return Ok((batches, typed.more));
+    }
+    let raw: Raw = serde_json::from_slice(body)?;
+    let batches = raw
+        .batches
+        .iter()
+        .map(|b| RecordBatch {
+            node: b.node.clone(),
+            stream: b.stream.clone(),
+            start: b.start,
+            records: b.parse(),
+        })
+        .collect();
+    Ok((batches, raw.more))
+}
+
+/// Turns a record whose row is invalid or local-only into a `Void`.
+fn check_record(record: &mut Record) {
+    let why = match record {
+        Record::Row(row) => match row.validate() {
+            Err(e) => e.to_string(),
+            Ok(()) if row.msg_id.is_none() => LOCAL_ONLY.to_owned(),
+            Ok(()) => return,
+        },
+        Record::Void(_) => return,
+    };
+    *record = Record::Void(why);
+}
+
+const LOCAL_ONLY: &str = "row has no msg_id: local-only rows never sync";
+
 /// Parses one record, turning any failure into a `Void` with the reason.
 pub fn parse_record(json: &str) -> Record {
     match serde_json::from_str::<Record>(json) {
-        Ok(Record::Row(row)) => match row.validate() {
-            Ok(()) if row.msg_id.is_some() => Record::Row(row),
-            Ok(()) => Record::Void("row has no msg_id: local-only rows never sync".into()),
-            Err(e) => Record::Void(e.to_string()),
-        },
-        Ok(void) => void,
+        Ok(mut record) => {
+            check_record(&mut record);
+            record
+        }
         Err(e) => Record::Void(format!("not a valid record: {e}")),
     }
 }
@@ -324,6 +370,19 @@ mod tests {
         assert!(matches!(&parsed[3], Record::Void(why) if why.contains("msg_id")));
         assert!(matches!(&parsed[4], Record::Void(why) if why == "refused upstream"));
         assert!(matches!(&parsed[5], Record::Row(r) if r.text == "nul \0 kept"));
+
+        // The whole-body path gives the same verdicts: a body with a record
+        // that fails only validation parses typed; one with a broken escape
+        // falls back to per-record parsing.
+        let body = format!(r#"{{"batches": [{batch}]}}"#);
+        let (batches, more) = parse_batches(body.as_bytes()).unwrap();
+        assert!(!more);
+        assert_eq!(batches[0].records, parsed);
+        let valid_only = body.replace(r"bad \ud800", "bad");
+        let (batches, _) = parse_batches(valid_only.as_bytes()).unwrap();
+        assert!(matches!(&batches[0].records[1], Record::Row(r) if r.text == "bad"));
+        assert!(matches!(&batches[0].records[3], Record::Void(why) if why.contains("msg_id")));
+        assert!(parse_batches(b"{\"batches\": 1}").is_err());
 
         let void = serde_json::to_string(&Record::Void("why".into())).unwrap();
         assert_eq!(void, r#"{"void":"why"}"#);

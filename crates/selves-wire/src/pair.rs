@@ -99,7 +99,7 @@ impl PairBlob {
         let mut unchecked = self.clone();
         unchecked.check.clear();
         let json = serde_json::to_vec(&unchecked).expect("pair blob serialises");
-        let hash = blake3::Hasher::new_derive_key("selves pair blob check v1")
+        let hash = crate::domain_hasher!("selves pair blob check v1")
             .update(&json)
             .finalize();
         crate::hex(&hash.as_bytes()[..8])

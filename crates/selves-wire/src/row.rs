@@ -150,7 +150,7 @@ impl Row {
         let seed = match self.key() {
             Some(k) => k.0,
             None => {
-                let mut h = blake3::Hasher::new_derive_key("selves local row uuid v1");
+                let mut h = crate::domain_hasher!("selves local row uuid v1");
                 field(&mut h, self.source.as_bytes());
                 field(&mut h, self.conversation_id.as_bytes());
                 field(&mut h, &self.ts.to_le_bytes());
@@ -165,7 +165,7 @@ impl Row {
 
     /// The hash of this version's message fields (not the conversation's).
     pub fn version_hash(&self) -> VersionHash {
-        let mut h = blake3::Hasher::new_derive_key("selves row version v1");
+        let mut h = crate::domain_hasher!("selves row version v1");
         field(&mut h, self.source.as_bytes());
         field(&mut h, self.conversation_id.as_bytes());
         opt(&mut h, self.msg_id.as_deref());
@@ -223,9 +223,48 @@ impl ConversationMeta {
         }
     }
 
+    /// `*self = self.join(other)`, cloning only what changes. Returns
+    /// whether anything did.
+    pub fn join_from(&mut self, other: &ConversationMeta) -> bool {
+        let joined = ConversationMeta {
+            first_ts: match (self.first_ts, other.first_ts) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            last_ts: self.last_ts.max(other.last_ts),
+            ..ConversationMeta::default()
+        };
+        let other_wins = (
+            other.last_ts,
+            &other.title,
+            &other.project_path,
+            &other.parent_conversation_id,
+        ) > (
+            self.last_ts,
+            &self.title,
+            &self.project_path,
+            &self.parent_conversation_id,
+        );
+        let mut changed = joined.first_ts != self.first_ts || joined.last_ts != self.last_ts;
+        if other_wins
+            && (other.title != self.title
+                || other.project_path != self.project_path
+                || other.parent_conversation_id != self.parent_conversation_id)
+        {
+            self.title.clone_from(&other.title);
+            self.project_path.clone_from(&other.project_path);
+            self.parent_conversation_id
+                .clone_from(&other.parent_conversation_id);
+            changed = true;
+        }
+        self.first_ts = joined.first_ts;
+        self.last_ts = joined.last_ts;
+        changed
+    }
+
     /// The hash of this metadata, for the order-independent digest.
     pub fn hash(&self, source: &str, conversation_id: &str) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("selves conversation v1");
+        let mut h = crate::domain_hasher!("selves conversation v1");
         field(&mut h, source.as_bytes());
         field(&mut h, conversation_id.as_bytes());
         opt(&mut h, self.title.as_deref());
@@ -239,7 +278,7 @@ impl ConversationMeta {
 
 /// The identity key of `(source, conversation_id, msg_id)`.
 pub fn row_key(source: &str, conversation_id: &str, msg_id: &str) -> RowKey {
-    let mut h = blake3::Hasher::new_derive_key("selves row key v1");
+    let mut h = crate::domain_hasher!("selves row key v1");
     field(&mut h, source.as_bytes());
     field(&mut h, conversation_id.as_bytes());
     field(&mut h, msg_id.as_bytes());
@@ -471,6 +510,14 @@ mod tests {
             prop_assert_eq!(a.join(&b), b.join(&a));
             prop_assert_eq!(a.join(&b).join(&c), a.join(&b.join(&c)));
             prop_assert_eq!(a.join(&a), a.clone());
+        }
+
+        #[test]
+        fn join_from_is_join_in_place(a in meta(), b in meta()) {
+            let mut m = a.clone();
+            let changed = m.join_from(&b);
+            prop_assert_eq!(&m, &a.join(&b));
+            prop_assert_eq!(changed, m != a);
         }
     }
 }

@@ -70,6 +70,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
@@ -122,6 +123,19 @@ fn init_logging(verbose: u8) {
         .with_max_level(level)
         .with_target(false)
         .init();
+}
+
+/// glibc gives each thread that allocates its own arena, and memory freed
+/// in one is not reused by another: with the runtime's and SQLite's
+/// threads that fragmentation, not data, dominates peak RSS. Two arenas
+/// keep memory bounded at no measurable cost in speed.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Builds the runtime for a command that talks to the network.
