@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use selves_store::{Durability, IncomingBatch, Store};
+use selves_store::{Durability, Store};
 use selves_wire::native::{
-    Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range, Voided,
+    Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range, RecordBatch,
+    Voided,
 };
 use selves_wire::{NodeId, StreamName};
 
@@ -310,7 +311,7 @@ fn advance(wants: &mut Vec<Want>, ends: &[(NodeId, StreamName, u64)]) {
 }
 
 struct Parsed {
-    batches: Vec<IncomingBatch>,
+    batches: Vec<RecordBatch>,
     ends: Vec<(NodeId, StreamName, u64)>,
     records: u64,
 }
@@ -334,12 +335,7 @@ fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
         parsed
             .ends
             .push((b.node.clone(), b.stream.clone(), b.start + n - 1));
-        parsed.batches.push(IncomingBatch {
-            node: b.node,
-            stream: b.stream,
-            start: b.start,
-            records: b.records,
-        });
+        parsed.batches.push(b);
     }
     Ok(parsed)
 }

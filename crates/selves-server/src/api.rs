@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
-use selves_store::{AuthOutcome, IncomingBatch, Store};
+use selves_store::{AuthOutcome, Store};
 use selves_wire::native::{
     self, DigestResponse, Hello, HelloRequest, Limits, NodeInfo, PROTOCOL, PullRequest,
-    PullResponse, PushResponse,
+    PullResponse, PushResponse, RecordBatch,
 };
 use selves_wire::{Name, Token};
 use tokio::sync::Notify;
@@ -59,7 +59,7 @@ impl Reorder {
     fn wait_for_predecessors(
         &self,
         store: &Store,
-        batches: &[IncomingBatch],
+        batches: &[RecordBatch],
     ) -> Result<(), ApiError> {
         let deadline = Instant::now() + REORDER_WINDOW;
         let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
@@ -329,18 +329,9 @@ async fn push(
         if batches.iter().any(|b| b.start == 0) {
             return Err(ApiError::BadRequest("records are numbered from 1".into()));
         }
-        let incoming: Vec<IncomingBatch> = batches
-            .into_iter()
-            .map(|b| IncomingBatch {
-                node: b.node,
-                stream: b.stream,
-                start: b.start,
-                records: b.records,
-            })
-            .collect();
-        reorder.wait_for_predecessors(&store, &incoming)?;
+        reorder.wait_for_predecessors(&store, &batches)?;
         // The answer acknowledges these records: they must be on disk first.
-        let summary = store.apply(incoming, selves_store::Durability::Full);
+        let summary = store.apply(batches, selves_store::Durability::Full);
         reorder.applied();
         Ok(summary?)
     })

@@ -28,8 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selves_wire::{Name, NodeId, StreamName};
 
-pub use log::{ApplySummary, IncomingBatch, RangeRead};
-
+pub use log::{ApplySummary, RangeRead};
 pub use memory::{CaptureOptions, CaptureSummary};
 pub use peers::{Attempt, AuthOutcome, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};

@@ -115,15 +115,6 @@ impl OwnLog {
     }
 }
 
-/// Records of one (node, stream) received from a peer, parsed.
-#[derive(Debug, Clone)]
-pub struct IncomingBatch {
-    pub node: NodeId,
-    pub stream: StreamName,
-    pub start: u64,
-    pub records: Vec<Record>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ApplySummary {
     /// Records newly stored.
@@ -236,11 +227,7 @@ impl Store {
     /// [`Durability::Full`] what it reports is on disk. Records already held are skipped, so a
     /// repeated or overlapping range is harmless; a range that starts past
     /// the head (a gap) is refused whole.
-    pub fn apply(
-        &self,
-        batches: Vec<IncomingBatch>,
-        durability: Durability,
-    ) -> Result<ApplySummary> {
+    pub fn apply(&self, batches: Vec<RecordBatch>, durability: Durability) -> Result<ApplySummary> {
         self.write_memory(durability, |tx, convs| {
             let mut summary = ApplySummary::default();
             let mut mat = Materialiser::new(tx, convs)?;

@@ -3,10 +3,8 @@
 //! as the sync client does over HTTPS.
 
 use proptest::prelude::*;
-use selves_store::{
-    CaptureOptions, Durability, IncomingBatch, SearchQuery, Store, StoreError, StorePaths,
-};
-use selves_wire::native::{Range, Record};
+use selves_store::{CaptureOptions, Durability, SearchQuery, Store, StoreError, StorePaths};
+use selves_wire::native::{Range, Record, RecordBatch};
 use selves_wire::{ConversationMeta, Row, StreamName};
 
 struct Node {
@@ -84,17 +82,10 @@ fn pull(to: &Store, from: &Store, batch: usize) -> u64 {
             return moved;
         }
         let read = from.read_ranges(&ranges, batch, usize::MAX).unwrap();
-        let incoming = read
-            .batches
-            .into_iter()
-            .map(|b| IncomingBatch {
-                node: b.node,
-                stream: b.stream,
-                start: b.start,
-                records: b.records,
-            })
-            .collect();
-        moved += to.apply(incoming, Durability::Deferred).unwrap().accepted;
+        moved += to
+            .apply(read.batches, Durability::Deferred)
+            .unwrap()
+            .accepted;
     }
 }
 
@@ -288,15 +279,7 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     let batch = read.batches[0].clone();
     let err = b
         .store
-        .apply(
-            vec![IncomingBatch {
-                node: batch.node.clone(),
-                stream: batch.stream.clone(),
-                start: batch.start,
-                records: batch.records.clone(),
-            }],
-            Durability::Full,
-        )
+        .apply(vec![batch.clone()], Durability::Full)
         .unwrap_err();
     assert!(
         matches!(
@@ -315,7 +298,7 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     let err = b
         .store
         .apply(
-            vec![IncomingBatch {
+            vec![RecordBatch {
                 node: b.store.me().id.clone(),
                 stream: StreamName::memory(),
                 start: 1,
@@ -335,7 +318,7 @@ fn void_records_hold_their_place() {
     let summary = b
         .store
         .apply(
-            vec![IncomingBatch {
+            vec![RecordBatch {
                 node: a.store.me().id.clone(),
                 stream: StreamName::memory(),
                 start: 1,

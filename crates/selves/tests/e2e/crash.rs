@@ -4,7 +4,7 @@
 
 use std::process::Child;
 
-use crate::harness::{Node, rows, wait_until};
+use crate::harness::{Node, rows, star, wait_until};
 
 const ROWS: usize = 12_000;
 
@@ -40,10 +40,8 @@ fn assert_complete(a: &Node, b: &Node, alias: &str) {
 
 #[test]
 fn client_killed_mid_pull_resumes_without_loss_or_duplicates() {
-    let hub = Node::new("hub");
-    let spoke = Node::new("spoke");
-    let server = hub.serve(&[]);
-    spoke.pair(&hub, &server, "hub");
+    let (hub, _server, spokes) = star("hub", &["spoke"]);
+    let spoke = &spokes[0];
     hub.import(&rows("h", "c", ROWS, 400));
 
     // Kill before anything could commit, early, and late.
@@ -59,7 +57,7 @@ fn client_killed_mid_pull_resumes_without_loss_or_duplicates() {
         "no kill landed mid-transfer: {seen:?}"
     );
     spoke.ok(&["sync"]);
-    assert_complete(&hub, &spoke, "hub");
+    assert_complete(&hub, spoke, "hub");
     // Search works on what arrived across the interruptions.
     let hits = spoke.json(&["search", "message", "--limit", "5", "--json"]);
     assert_eq!(hits.as_array().unwrap().len(), 5);
@@ -67,10 +65,8 @@ fn client_killed_mid_pull_resumes_without_loss_or_duplicates() {
 
 #[test]
 fn client_killed_mid_push_resumes_without_loss_or_duplicates() {
-    let hub = Node::new("hub");
-    let spoke = Node::new("spoke");
-    let server = hub.serve(&[]);
-    spoke.pair(&hub, &server, "hub");
+    let (hub, _server, spokes) = star("hub", &["spoke"]);
+    let spoke = &spokes[0];
     spoke.import(&rows("s", "c", ROWS, 400));
 
     let mut seen = Vec::new();
@@ -84,7 +80,7 @@ fn client_killed_mid_push_resumes_without_loss_or_duplicates() {
     );
     hub.assert_intact();
     spoke.ok(&["sync"]);
-    assert_complete(&hub, &spoke, "hub");
+    assert_complete(&hub, spoke, "hub");
 }
 
 #[test]

@@ -204,6 +204,21 @@ impl Node {
     }
 }
 
+/// A hub serving on loopback with `spokes` paired to it (alias "hub").
+pub fn star(hub: &str, spokes: &[&str]) -> (Node, Server, Vec<Node>) {
+    let hub = Node::new(hub);
+    let server = hub.serve(&[]);
+    let spokes = spokes
+        .iter()
+        .map(|name| {
+            let spoke = Node::new(name);
+            spoke.pair(&hub, &server, "hub");
+            spoke
+        })
+        .collect();
+    (hub, server, spokes)
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject as _;
 
-use crate::harness::{Node, blob_token, rows};
+use crate::harness::{Node, blob_token, rows, star};
 
 #[test]
 fn a_wrong_fingerprint_is_refused_before_any_request() {
@@ -232,12 +232,10 @@ fn expired_tampered_and_unknown_blobs_are_refused() {
 
 #[test]
 fn wrong_revoked_and_rotated_tokens() {
-    let hub = Node::new("hub");
-    let laptop = Node::new("laptop");
-    let phone = Node::new("phone");
-    let server = hub.serve(&[]);
-    laptop.pair(&hub, &server, "hub");
-    phone.pair(&hub, &server, "hub");
+    let (hub, server, spokes) = star("hub", &["laptop", "phone"]);
+    let [laptop, phone] = &spokes[..] else {
+        unreachable!()
+    };
     laptop.ok(&["sync"]);
 
     // A wrong token: 401, and nothing changes.

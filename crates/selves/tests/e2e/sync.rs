@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Node, rows};
+use crate::harness::{Node, rows, star};
 
 #[test]
 fn two_nodes_sync_both_ways_and_verify() {
@@ -139,12 +139,8 @@ fn three_nodes_converge_through_a_relay() {
 
 #[test]
 fn concurrent_edits_of_one_row_pick_the_same_winner_everywhere() {
-    let hub = Node::new("hub");
-    let b = Node::new("b");
-    let c = Node::new("c");
-    let server = hub.serve(&[]);
-    b.pair(&hub, &server, "hub");
-    c.pair(&hub, &server, "hub");
+    let (hub, _server, spokes) = star("hub", &["b", "c"]);
+    let [b, c] = &spokes[..] else { unreachable!() };
 
     b.ok(&[
         "remember",
@@ -213,12 +209,8 @@ fn concurrent_edits_of_one_row_pick_the_same_winner_everywhere() {
 
 #[test]
 fn two_clients_syncing_into_one_server_at_once_lose_nothing() {
-    let hub = Node::new("hub");
-    let b = Node::new("b");
-    let c = Node::new("c");
-    let server = hub.serve(&[]);
-    b.pair(&hub, &server, "hub");
-    c.pair(&hub, &server, "hub");
+    let (hub, _server, spokes) = star("hub", &["b", "c"]);
+    let [b, c] = &spokes[..] else { unreachable!() };
     b.import(&rows("b", "from-b", 3000, 500));
     c.import(&rows("c", "from-c", 3000, 500));
     // Small batches, so the two pushes interleave at the server.
@@ -239,10 +231,8 @@ fn two_clients_syncing_into_one_server_at_once_lose_nothing() {
 
 #[test]
 fn local_only_rows_stay_home() {
-    let hub = Node::new("hub");
-    let b = Node::new("b");
-    let server = hub.serve(&[]);
-    b.pair(&hub, &server, "hub");
+    let (hub, _server, spokes) = star("hub", &["b"]);
+    let b = &spokes[0];
     b.import(&[
         json!({"source": "s", "conversation_id": "k", "role": "user", "text": "ephemeral, no msg_id", "ts": 1}),
         json!({"source": "s", "conversation_id": "k", "msg_id": "1", "role": "user", "text": "synced", "ts": 2}),
