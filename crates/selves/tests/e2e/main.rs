@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod harness;
 mod protocol;
+mod scripted;
 mod security;
 mod sync;

@@ -38,6 +38,12 @@ fn two_nodes_sync_both_ways_and_verify() {
     let out = laptop.ok(&["verify", "vps"]);
     assert!(out.starts_with("converged with vps: 801 rows"), "{out}");
 
+    // Piped (not a terminal): one summary line, no progress bar.
+    let quiet = laptop.run(&["sync", "vps"]);
+    assert_eq!(quiet.code, 0, "{quiet:?}");
+    assert_eq!(quiet.stderr, "", "progress output when piped: {quiet:?}");
+    assert_eq!(quiet.stdout.lines().count(), 1, "{quiet:?}");
+
     // A second round moves nothing.
     let again = laptop.json(&["sync", "--json"]);
     assert_eq!(again[0]["report"]["pulled"], 0);

@@ -1,0 +1,290 @@
+//! A scripted peer: a small HTTPS server written here, speaking just
+//! enough of the protocol to misbehave on purpose (another protocol
+//! version, a smaller body limit than it announced, server errors), so the
+//! real client's reactions can be tested through the binary.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::pem::PemObject as _;
+use serde_json::{Value, json};
+
+use crate::harness::{Node, rows};
+
+#[derive(Clone, Copy)]
+struct Script {
+    major: u32,
+    /// The body limit announced in hello.
+    announced_max_body: u64,
+    /// The body limit really enforced (413 above it).
+    enforced_max_body: usize,
+    /// Answer this many pushes with 500 before accepting.
+    failing_pushes: usize,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            major: 1,
+            announced_max_body: 8 << 20,
+            enforced_max_body: 8 << 20,
+            failing_pushes: 0,
+        }
+    }
+}
+
+struct Peer {
+    addr: SocketAddr,
+    fingerprint: String,
+    token: String,
+    /// Records accepted per node id.
+    heads: Arc<Mutex<HashMap<String, u64>>>,
+    /// Push requests seen (including refused ones), and their body sizes.
+    pushes: Arc<Mutex<Vec<usize>>>,
+}
+
+fn start(script: Script) -> Peer {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["selves".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_der = cert.der().clone();
+    let fingerprint = selves_wire::CertFingerprint::of_der(&cert_der).to_string();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key_der)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = "c0".repeat(32);
+    let heads = Arc::new(Mutex::new(HashMap::new()));
+    let pushes = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let (h, p) = (heads.clone(), pushes.clone());
+    let expected = format!("Bearer {token}");
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            let (config, heads, pushes, failures, expected) = (
+                config.clone(),
+                h.clone(),
+                p.clone(),
+                failures.clone(),
+                expected.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = BufReader::new(rustls::Stream::new(&mut conn, &mut tcp));
+                // Keep-alive: serve requests until the client hangs up.
+                while let Some((path, auth, body)) = read_request(&mut tls) {
+                    let (status, resp) = if auth != expected {
+                        (
+                            401,
+                            json!({"error": "unauthorized", "detail": "unknown token"}),
+                        )
+                    } else {
+                        answer(&script, &path, &body, &heads, &pushes, &failures)
+                    };
+                    let body = serde_json::to_vec(&resp).unwrap();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let stream = tls.get_mut();
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                    let _ = stream.flush();
+                }
+            });
+        }
+    });
+    Peer {
+        addr,
+        fingerprint,
+        token,
+        heads,
+        pushes,
+    }
+}
+
+fn read_request(r: &mut impl std::io::BufRead) -> Option<(String, String, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let path = line.split(' ').nth(1)?.to_owned();
+    let (mut len, mut auth) = (0usize, String::new());
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok()?,
+                "authorization" => auth = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some((path, auth, body))
+}
+
+fn answer(
+    script: &Script,
+    path: &str,
+    body: &[u8],
+    heads: &Mutex<HashMap<String, u64>>,
+    pushes: &Mutex<Vec<usize>>,
+    failures: &AtomicUsize,
+) -> (u16, Value) {
+    match path {
+        "/v1/hello" => (
+            200,
+            json!({
+                "protocol": {"major": script.major, "minor": 0},
+                "software": "scripted peer",
+                "node": {"id": "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c", "name": "scripted"},
+                "you": "tester",
+                "streams": ["memory"],
+                "heads": [],
+                "nodes": [],
+                "limits": {"max_body_bytes": script.announced_max_body, "max_push_records": 5000,
+                           "max_pull_records": 5000, "max_pull_bytes": 4194304},
+                "server_now_ms": 0
+            }),
+        ),
+        "/v1/push" => {
+            pushes.lock().unwrap().push(body.len());
+            if failures.fetch_add(1, Ordering::SeqCst) < script.failing_pushes {
+                return (
+                    500,
+                    json!({"error": "internal", "detail": "scripted failure"}),
+                );
+            }
+            if body.len() > script.enforced_max_body {
+                return (413, json!({"error": "payload_too_large"}));
+            }
+            let req: Value = serde_json::from_slice(body).unwrap();
+            let mut heads = heads.lock().unwrap();
+            let mut accepted = 0;
+            let mut out = Vec::new();
+            for b in req["batches"].as_array().unwrap() {
+                let node = b["node"].as_str().unwrap().to_owned();
+                let start = b["start"].as_u64().unwrap();
+                let n = b["records"].as_array().unwrap().len() as u64;
+                let head = heads.entry(node.clone()).or_insert(0);
+                if start > *head + 1 {
+                    return (409, json!({"error": "gap", "detail": "gap"}));
+                }
+                let end = start + n - 1;
+                if end > *head {
+                    accepted += end - *head;
+                    *head = end;
+                }
+                out.push(json!({"node": node, "stream": "memory", "seq": *head}));
+            }
+            (
+                200,
+                json!({"accepted": accepted, "duplicates": 0, "voided": [], "heads": out}),
+            )
+        }
+        _ => (404, json!({"error": "not_found"})),
+    }
+}
+
+fn client_of(peer: &Peer) -> Node {
+    let n = Node::new("client");
+    n.ok(&[
+        "peer",
+        "add",
+        "scripted",
+        &format!("https://{}", peer.addr),
+        &peer.token,
+        "--cert-fp",
+        &peer.fingerprint,
+        "--no-check",
+    ]);
+    n
+}
+
+#[test]
+fn a_peer_of_another_major_version_is_refused_with_an_upgrade_message() {
+    let peer = start(Script {
+        major: 2,
+        ..Script::default()
+    });
+    let client = client_of(&peer);
+    client.import(&rows("x", "c", 3, 10));
+    let run = client.fails(&["sync"], 7);
+    assert!(run.stderr.contains("speaks selves protocol 2"), "{run:?}");
+    assert!(run.stderr.contains("upgrade selves"), "{run:?}");
+    assert!(
+        peer.pushes.lock().unwrap().is_empty(),
+        "nothing may be pushed"
+    );
+}
+
+#[test]
+fn a_batch_refused_as_too_large_is_halved_until_it_fits() {
+    let peer = start(Script {
+        enforced_max_body: 40_000,
+        ..Script::default()
+    });
+    let client = client_of(&peer);
+    client.import(&rows("x", "c", 60, 2000));
+    let r = client.json(&["sync", "--json"]);
+    assert_eq!(r[0]["ok"], true, "{r}");
+    assert_eq!(r[0]["report"]["pushed"], 60);
+    let pushes = peer.pushes.lock().unwrap().clone();
+    assert!(
+        pushes.iter().any(|&n| n > 40_000),
+        "no 413 was provoked: {pushes:?}"
+    );
+    assert_eq!(peer.heads.lock().unwrap().values().copied().max(), Some(60));
+}
+
+#[test]
+fn server_errors_are_retried_with_backoff_and_then_reported() {
+    // Two failures, then success: the client retries.
+    let peer = start(Script {
+        failing_pushes: 2,
+        ..Script::default()
+    });
+    let client = client_of(&peer);
+    client.import(&rows("x", "c", 5, 10));
+    let r = client.json(&["sync", "--json"]);
+    assert_eq!(r[0]["ok"], true, "{r}");
+    assert!(r[0]["report"]["retries"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(r[0]["report"]["pushed"], 5);
+
+    // Failing every time: the client gives up after its attempts and says so.
+    let peer = start(Script {
+        failing_pushes: usize::MAX,
+        ..Script::default()
+    });
+    let client = client_of(&peer);
+    client.import(&rows("x", "c", 5, 10));
+    let run = client.fails(&["sync", "--attempts", "3"], 1);
+    assert!(run.stderr.contains("failed with 500"), "{run:?}");
+    assert_eq!(peer.pushes.lock().unwrap().len(), 3, "three attempts");
+    let status = client.json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["last_error_class"], "server");
+}
