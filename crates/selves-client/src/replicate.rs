@@ -403,16 +403,11 @@ async fn pull_all(
         advance(&mut wants, &parsed.ends);
         let s = store.clone();
         let batches = parsed.batches;
-        // Pulled records need not wait for the disk batch by batch: the
-        // round's last batch is committed with FULL, which makes every
-        // earlier one durable too. (Nothing is acknowledged in between, and a
-        // power loss can only drop a suffix, fetched again next round.)
-        let durability = if wants.is_empty() {
-            Durability::Full
-        } else {
-            Durability::Deferred
-        };
-        let apply = blocking(move || Ok(s.apply(batches, durability)?));
+        // Pulled records need not wait for the disk batch by batch: one
+        // FULL commit at the end makes them all durable. (Nothing is
+        // acknowledged in between, and a power loss can only drop a suffix,
+        // fetched again next round.)
+        let apply = blocking(move || Ok(s.apply(batches, Durability::Deferred)?));
         let prefetch = async {
             if wants.is_empty() {
                 None
@@ -438,13 +433,16 @@ async fn pull_all(
         report.duplicates += summary.duplicates;
         report.changed_rows += summary.changed_rows;
         report.voided.extend(summary.voided);
-        report.durable_ms = started.elapsed().as_millis() as u64;
         progress.pulled(parsed.records);
         match fetched {
-            None => return Ok(()),
+            None => break,
             Some(result) => next = result?,
         }
     }
+    let s = store.clone();
+    blocking(move || Ok(s.flush_deferred()?)).await?;
+    report.durable_ms = started.elapsed().as_millis() as u64;
+    Ok(())
 }
 
 struct Prepared {
@@ -602,8 +600,56 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// Runs `f` until it succeeds, retrying what may pass with exponential
-/// backoff and waiting out rate limits as the peer asks.
+/// When to try again after a failure: exponential backoff for what may
+/// pass (network, 5xx), exactly `Retry-After` for rate limits, never for
+/// the rest.
+struct Backoff {
+    failures: u32,
+    next: Duration,
+    waits: u32,
+}
+
+impl Backoff {
+    fn new(opts: &SyncOptions) -> Self {
+        Backoff {
+            failures: 0,
+            next: opts.backoff,
+            waits: 0,
+        }
+    }
+
+    /// How long to wait before trying again after `e`, or `None` to give up.
+    fn after(
+        &mut self,
+        e: &SyncError,
+        opts: &SyncOptions,
+        counters: &Counters,
+        progress: &dyn Progress,
+    ) -> Option<Duration> {
+        match e {
+            SyncError::RateLimited { retry_after, .. } => {
+                if *retry_after > opts.max_wait || self.waits >= 1000 {
+                    return None;
+                }
+                self.waits += 1;
+                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                progress.waiting("rate limited by the peer", *retry_after);
+                Some(*retry_after)
+            }
+            e if e.is_retryable() && self.failures + 1 < opts.attempts => {
+                self.failures += 1;
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = self.next;
+                progress.waiting(&e.to_string(), wait);
+                self.next = (self.next * 2).min(Duration::from_secs(30));
+                Some(wait)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs `f` until it succeeds or [`Backoff`] gives up.
 async fn retry<T, F, Fut>(
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -614,29 +660,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SyncError>>,
 {
-    let mut failures = 0;
-    let mut backoff = opts.backoff;
-    let mut waits = 0;
+    let mut backoff = Backoff::new(opts);
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(SyncError::RateLimited { url, retry_after }) => {
-                if retry_after > opts.max_wait || waits >= 1000 {
-                    return Err(SyncError::RateLimited { url, retry_after });
-                }
-                waits += 1;
-                counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                progress.waiting("rate limited by the peer", retry_after);
-                tokio::time::sleep(retry_after).await;
-            }
-            Err(e) if e.is_retryable() && failures + 1 < opts.attempts => {
-                failures += 1;
-                counters.retries.fetch_add(1, Ordering::Relaxed);
-                progress.waiting(&e.to_string(), backoff);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(e),
+            Err(e) => match backoff.after(&e, opts, counters, progress) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(e),
+            },
         }
     }
 }

@@ -134,8 +134,8 @@ pub enum Durability {
     /// Written to the OS (`synchronous=NORMAL`): survives the process being
     /// killed; a power loss may drop a suffix of such commits (WAL recovery
     /// keeps a prefix). Only for records pulled from a peer, which the next
-    /// heads exchange fetches again, and only when a later `Full` commit in
-    /// the same round makes them all durable.
+    /// heads exchange fetches again, and only followed by
+    /// [`Store::flush_deferred`] before the round reports them durable.
     Deferred,
 }
 
@@ -240,6 +240,7 @@ impl Store {
                 conn: writer,
                 convs: memory::ConvCache::default(),
                 data_version: None,
+                deferred_pending: false,
             }),
             readers: Mutex::new(Vec::new()),
             search_writer: Mutex::new(None),
@@ -286,8 +287,34 @@ impl Store {
             w.conn.pragma_update(None, "synchronous", "FULL")?;
         }
         let out = result?;
+        // A FULL commit fsyncs the WAL, which makes every earlier frame
+        // durable too.
+        w.deferred_pending = durability == Durability::Deferred;
         self.checkpointer.kick();
         Ok(out)
+    }
+
+    /// Makes every `Deferred` commit durable: if any is outstanding, commits
+    /// a tiny write with `synchronous=FULL`, whose fsync of the WAL covers
+    /// all frames before it. Returns whether it had to.
+    pub fn flush_deferred(&self) -> Result<bool> {
+        let pending = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .deferred_pending;
+        if !pending {
+            return Ok(false);
+        }
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('durable_at', '0')
+                 ON CONFLICT (key) DO UPDATE SET value = value + 1",
+                [],
+            )?;
+            Ok(())
+        })?;
+        Ok(true)
     }
 
     fn transact<T>(
@@ -423,6 +450,8 @@ struct Writer {
     convs: memory::ConvCache,
     /// `PRAGMA data_version` when `convs` was last known good.
     data_version: Option<i64>,
+    /// A `Deferred` commit has not been followed by a `Full` one yet.
+    deferred_pending: bool,
 }
 
 /// Copies committed WAL frames into the database file on its own thread

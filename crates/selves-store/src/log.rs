@@ -67,20 +67,8 @@ fn set_head(conn: &Connection, node: i64, stream: i64, seq: u64) -> Result<()> {
     Ok(())
 }
 
-fn insert_record(
-    conn: &Connection,
-    node: i64,
-    stream: i64,
-    seq: u64,
-    target: Option<i64>,
-    void: Option<&str>,
-) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO records (node, stream, seq, target, void) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![node, stream, seq as i64, target, void])?;
-    Ok(())
-}
+const INSERT_RECORD: &str =
+    "INSERT INTO records (node, stream, seq, target, void) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// Appends to this node's own log within one transaction.
 pub(crate) struct OwnLog {
@@ -103,7 +91,13 @@ impl OwnLog {
 
     pub(crate) fn append(&mut self, tx: &Transaction<'_>, target: Option<i64>) -> Result<u64> {
         self.head += 1;
-        insert_record(tx, self.node, self.stream, self.head, target, None)?;
+        tx.prepare_cached(INSERT_RECORD)?.execute(params![
+            self.node,
+            self.stream,
+            self.head as i64,
+            target,
+            None::<&str>
+        ])?;
         Ok(self.head)
     }
 
@@ -231,6 +225,7 @@ impl Store {
         self.write_memory(durability, |tx, convs| {
             let mut summary = ApplySummary::default();
             let mut mat = Materialiser::new(tx, convs)?;
+            let mut insert_record = tx.prepare_cached(INSERT_RECORD)?;
             let mut touched = BTreeMap::new();
             for batch in batches {
                 let stream = self.carried(&batch.stream)?;
@@ -295,7 +290,7 @@ impl Store {
                             reason: why.clone(),
                         });
                     }
-                    insert_record(tx, node, stream, seq, target, void.as_deref())?;
+                    insert_record.execute(params![node, stream, seq as i64, target, void])?;
                     summary.accepted += 1;
                 }
                 if end > head {

@@ -120,7 +120,15 @@ pub(crate) struct Materialiser<'t, 'c> {
     tx: &'t Transaction<'t>,
     convs: &'c mut ConvCache,
     next_arrival: i64,
+    /// Held for the transaction: looking a statement up in the cache hashes
+    /// its whole text, which is measurable at one call per row.
+    insert: rusqlite::CachedStatement<'t>,
 }
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role,
+        sender, ts, edited_at, channel, origin, metadata, text)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+     ON CONFLICT DO NOTHING";
 
 /// Fills in what a row must have before it is hashed: a uuid derived from
 /// its identity when the writer gave none, so every node derives the same.
@@ -139,6 +147,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             tx,
             convs,
             next_arrival: max + 1,
+            insert: tx.prepare_cached(INSERT_MESSAGE)?,
         })
     }
 
@@ -227,30 +236,22 @@ impl<'t, 'c> Materialiser<'t, 'c> {
         row: &Row,
     ) -> Result<Option<i64>> {
         let arrival = self.next_arrival;
-        let inserted = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role, sender, ts,
-                    edited_at, channel, origin, metadata, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                 ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![
-                key.as_ref().map(|k| &k.0[..]),
-                conv,
-                arrival,
-                &hash.0[..],
-                row.msg_id,
-                row.uuid,
-                row.role,
-                row.sender,
-                row.ts,
-                row.edited_at,
-                row.channel,
-                row.origin,
-                row.metadata,
-                row.text,
-            ])?;
+        let inserted = self.insert.execute(params![
+            key.as_ref().map(|k| &k.0[..]),
+            conv,
+            arrival,
+            &hash.0[..],
+            row.msg_id,
+            row.uuid,
+            row.role,
+            row.sender,
+            row.ts,
+            row.edited_at,
+            row.channel,
+            row.origin,
+            row.metadata,
+            row.text,
+        ])?;
         if inserted == 0 {
             return Ok(None);
         }
