@@ -4,11 +4,14 @@
 //! - [`tls`]: the pinning certificate verifier.
 //! - [`peer`]: one peer's endpoint and the error classification.
 //! - [`replicate`]: one sync round (heads diff, pipelined pull and push).
+//! - [`memex`]: one sync round with a memex v12 node.
 
+pub mod memex;
 pub mod peer;
 pub mod replicate;
 pub mod tls;
 
+pub use memex::sync_memex;
 pub use peer::{PeerClient, PeerTarget, SyncError};
 pub use replicate::{NoProgress, Progress, SyncOptions, SyncReport, handshake, sync};
 pub use tls::Trust;

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use selves_wire::native::{
     self, DigestResponse, ErrorBody, Hello, HelloRequest, PullRequest, PushResponse,
 };
-use selves_wire::{CertFingerprint, Token};
+use selves_wire::{CertFingerprint, Token, memex};
 
 use crate::tls::{PinMismatch, Trust, client_config};
 
@@ -60,6 +60,12 @@ pub enum SyncError {
     },
     #[error("{url} is this node itself (same node id): nothing to sync")]
     SameNode { url: String },
+    #[error("{url} has no such endpoint ({detail})")]
+    NotFound { url: String, detail: String },
+    #[error(
+        "{url} speaks memex schema {theirs}, selves speaks schema {ours}: upgrade the older side"
+    )]
+    SchemaMismatch { url: String, theirs: u32, ours: u32 },
     #[error("{url} sent something this node cannot read: {detail}")]
     Protocol { url: String, detail: String },
     #[error(transparent)]
@@ -82,14 +88,16 @@ impl SyncError {
     pub fn class(&self) -> &'static str {
         match self {
             SyncError::Unauthorized { .. } => "auth",
-            SyncError::ProtocolMismatch { .. } => "version",
+            SyncError::ProtocolMismatch { .. } | SyncError::SchemaMismatch { .. } => "version",
             SyncError::PinMismatch { .. } | SyncError::ForgedCertificate { .. } => "certificate",
             SyncError::Tls { .. } => "tls",
             SyncError::Network { .. } => "network",
             SyncError::Server { .. } => "server",
             SyncError::RateLimited { .. } => "rate-limited",
             SyncError::PayloadTooLarge { .. } => "too-large",
-            SyncError::BadRequest { .. } | SyncError::Protocol { .. } => "protocol",
+            SyncError::BadRequest { .. }
+            | SyncError::Protocol { .. }
+            | SyncError::NotFound { .. } => "protocol",
             SyncError::Conflict { .. } | SyncError::SameNode { .. } => "conflict",
             SyncError::Store(_) => "store",
         }
@@ -160,6 +168,24 @@ impl PeerClient {
         self.parse(&bytes)
     }
 
+    /// memex v12 `GET /sync/health`.
+    pub async fn memex_health(&self) -> Result<memex::Health, SyncError> {
+        let bytes = self.send(self.get(memex::path::HEALTH)).await?;
+        self.parse(&bytes)
+    }
+
+    /// memex v12 `GET /sync/pull`; the body is parsed by the caller.
+    pub async fn memex_pull(&self, since: i64, limit: u32) -> Result<bytes::Bytes, SyncError> {
+        let path = format!("{}?since={since}&limit={limit}", memex::path::PULL);
+        self.send(self.get(&path)).await
+    }
+
+    /// memex v12 `POST /sync/push` of a serialised `{"rows": [...]}`.
+    pub async fn memex_push(&self, body: Vec<u8>) -> Result<memex::PushResponse, SyncError> {
+        let bytes = self.send(self.post(memex::path::PUSH, body)).await?;
+        self.parse(&bytes)
+    }
+
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.http
             .get(format!("{}{path}", self.target.url))
@@ -207,6 +233,7 @@ impl PeerClient {
         Err(match status {
             StatusCode::UNAUTHORIZED => SyncError::Unauthorized { url, detail },
             StatusCode::BAD_REQUEST => SyncError::BadRequest { url, detail },
+            StatusCode::NOT_FOUND => SyncError::NotFound { url, detail },
             StatusCode::PAYLOAD_TOO_LARGE => SyncError::PayloadTooLarge { url },
             StatusCode::TOO_MANY_REQUESTS => SyncError::RateLimited {
                 url,

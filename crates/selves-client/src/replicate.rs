@@ -63,7 +63,13 @@ impl Progress for NoProgress {}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SyncReport {
-    pub peer: NodeInfo,
+    /// The peer's own name for itself (a selves node's name, or "memex
+    /// <version>").
+    pub peer: String,
+    /// A selves peer's node id (memex nodes have none).
+    pub node_id: Option<NodeId>,
+    /// `selves` or `memex`.
+    pub protocol: &'static str,
     /// Records received and stored here.
     pub pulled: u64,
     /// Records the peer newly stored.
@@ -74,6 +80,9 @@ pub struct SyncReport {
     pub duplicates: u64,
     /// Records refused for their content, on either side, kept as void.
     pub voided: Vec<Voided>,
+    /// memex rows refused for their content (they stay on the memex node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
     pub retries: u32,
     pub rate_limited: u32,
     pub elapsed_ms: u64,
@@ -87,9 +96,38 @@ impl SyncReport {
     }
 }
 
-struct Counters {
-    retries: AtomicU32,
-    rate_limited: AtomicU32,
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) retries: AtomicU32,
+    pub(crate) rate_limited: AtomicU32,
+}
+
+impl Counters {
+    pub(crate) fn fill(&self, report: &mut SyncReport, started: Instant) {
+        report.retries = self.retries.load(Ordering::Relaxed);
+        report.rate_limited = self.rate_limited.load(Ordering::Relaxed);
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+    }
+}
+
+impl SyncReport {
+    pub(crate) fn new(peer: String, node_id: Option<NodeId>, protocol: &'static str) -> Self {
+        SyncReport {
+            peer,
+            node_id,
+            protocol,
+            pulled: 0,
+            pushed: 0,
+            changed_rows: 0,
+            duplicates: 0,
+            voided: Vec::new(),
+            refused: Vec::new(),
+            retries: 0,
+            rate_limited: 0,
+            elapsed_ms: 0,
+            durable_ms: 0,
+        }
+    }
 }
 
 /// Runs one full round with the peer behind `client`.
@@ -100,10 +138,7 @@ pub async fn sync(
     progress: &dyn Progress,
 ) -> Result<SyncReport, SyncError> {
     let started = Instant::now();
-    let counters = Counters {
-        retries: AtomicU32::new(0),
-        rate_limited: AtomicU32::new(0),
-    };
+    let counters = Counters::default();
     let mut report: Option<SyncReport> = None;
     // A gap means the peer's heads moved under us (another client relayed
     // the same records): one fresh round settles it.
@@ -123,9 +158,7 @@ pub async fn sync(
         }
     }
     let mut report = report.expect("a round either returned or succeeded");
-    report.retries = counters.retries.load(Ordering::Relaxed);
-    report.rate_limited = counters.rate_limited.load(Ordering::Relaxed);
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    counters.fill(&mut report, started);
     Ok(report)
 }
 
@@ -133,16 +166,13 @@ fn merge(a: SyncReport, b: SyncReport) -> SyncReport {
     let mut voided = a.voided;
     voided.extend(b.voided);
     SyncReport {
-        peer: b.peer,
         pulled: a.pulled + b.pulled,
         pushed: a.pushed + b.pushed,
         changed_rows: a.changed_rows + b.changed_rows,
         duplicates: a.duplicates + b.duplicates,
         voided,
-        retries: 0,
-        rate_limited: 0,
-        elapsed_ms: 0,
         durable_ms: a.durable_ms.max(b.durable_ms),
+        ..b
     }
 }
 
@@ -153,11 +183,7 @@ pub async fn handshake(
     opts: &SyncOptions,
     progress: &dyn Progress,
 ) -> Result<Hello, SyncError> {
-    let counters = Counters {
-        retries: AtomicU32::new(0),
-        rate_limited: AtomicU32::new(0),
-    };
-    handshake_counted(store, client, opts, progress, &counters).await
+    handshake_counted(store, client, opts, progress, &Counters::default()).await
 }
 
 async fn handshake_counted(
@@ -211,18 +237,11 @@ async fn run_round(
     let to_push = ahead(&ours, &hello.heads, |s| hello.streams.contains(s));
     progress.planned(remaining(&to_pull), remaining(&to_push));
 
-    let mut report = SyncReport {
-        peer: hello.node.clone(),
-        pulled: 0,
-        pushed: 0,
-        changed_rows: 0,
-        duplicates: 0,
-        voided: Vec::new(),
-        retries: 0,
-        rate_limited: 0,
-        elapsed_ms: 0,
-        durable_ms: 0,
-    };
+    let mut report = SyncReport::new(
+        hello.node.name.to_string(),
+        Some(hello.node.id.clone()),
+        "selves",
+    );
     let batch_records = opts.batch_records.map_or(u32::MAX, |b| b.max(1));
     pull_all(
         store,
@@ -589,7 +608,7 @@ async fn push_all(
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SyncError> + Send + 'static,
 ) -> Result<T, SyncError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
@@ -650,7 +669,7 @@ impl Backoff {
 }
 
 /// Runs `f` until it succeeds or [`Backoff`] gives up.
-async fn retry<T, F, Fut>(
+pub(crate) async fn retry<T, F, Fut>(
     opts: &SyncOptions,
     progress: &dyn Progress,
     counters: &Counters,

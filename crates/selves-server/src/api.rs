@@ -41,6 +41,20 @@ pub(crate) struct App {
     /// at most once a minute.
     pub seen: Mutex<HashMap<String, Instant>>,
     pub reorder: Arc<Reorder>,
+    /// Per-token limits of the memex endpoints.
+    pub memex_pushes: DefaultKeyedRateLimiter<String>,
+    pub memex_pulls: DefaultKeyedRateLimiter<String>,
+}
+
+/// The memex endpoints' own rates (seeds/memex-sync.md §Rate limits).
+#[derive(Debug, Clone, Copy)]
+pub struct MemexRates {
+    pub pushes: RateLimit,
+    pub pulls: RateLimit,
+}
+
+fn keyed(rate: RateLimit) -> DefaultKeyedRateLimiter<String> {
+    RateLimiter::keyed(Quota::per_minute(rate.per_minute).allow_burst(rate.burst))
 }
 
 /// Lets a client keep two pushes in flight: a push whose records start
@@ -95,15 +109,17 @@ impl App {
         store: Arc<Store>,
         limits: Limits,
         rate: RateLimit,
+        memex: MemexRates,
         software: String,
         index_kick: Arc<Notify>,
     ) -> Self {
-        let quota = Quota::per_minute(rate.per_minute).allow_burst(rate.burst);
         App {
             store,
             limits,
             software,
-            limiter: RateLimiter::keyed(quota),
+            limiter: keyed(rate),
+            memex_pushes: keyed(memex.pushes),
+            memex_pulls: keyed(memex.pulls),
             index_kick,
             seen: Mutex::new(HashMap::new()),
             reorder: Arc::new(Reorder::default()),
@@ -122,17 +138,18 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(native::path::PUSH, post(push))
         .route(native::path::DIGEST, get(digest))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
+        .merge(crate::memex::router())
         .fallback(|| async { ApiError::NotFound })
         .with_state(app)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -153,13 +170,9 @@ fn bearer(headers: &HeaderMap) -> Result<Token, ApiError> {
         .map_err(|_| ApiError::Unauthorized("malformed bearer token".into()))
 }
 
-/// Checks the bearer token, then the caller's rate limit.
-async fn authenticate(
-    State(app): State<Arc<App>>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let token = bearer(req.headers())?;
+/// The peer a request's bearer token was minted for, or why not.
+pub(crate) async fn authorize(app: &Arc<App>, headers: &HeaderMap) -> Result<Name, ApiError> {
+    let token = bearer(headers)?;
     let store = app.store.clone();
     let outcome = blocking(move || Ok(store.authenticate(&token, now_ms())?)).await?;
     let peer = match outcome {
@@ -176,13 +189,31 @@ async fn authenticate(
             )));
         }
     };
-    if let Err(not_until) = app.limiter.check_key(&peer.to_string()) {
+    note_seen(app, &peer).await;
+    Ok(peer)
+}
+
+/// Answers 429 with the wait when `peer` is over `limiter`'s rate.
+pub(crate) fn limit(
+    limiter: &DefaultKeyedRateLimiter<String>,
+    peer: &Name,
+) -> Result<(), ApiError> {
+    limiter.check_key(&peer.to_string()).map_err(|not_until| {
         let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-        return Err(ApiError::RateLimited {
+        ApiError::RateLimited {
             retry_after: wait.max(Duration::from_secs(1)),
-        });
-    }
-    note_seen(&app, &peer).await;
+        }
+    })
+}
+
+/// Checks the bearer token, then the caller's rate limit.
+async fn authenticate(
+    State(app): State<Arc<App>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let peer = authorize(&app, req.headers()).await?;
+    limit(&app.limiter, &peer)?;
     req.extensions_mut().insert(Caller(peer));
     Ok(next.run(req).await)
 }
@@ -206,7 +237,11 @@ async fn note_seen(app: &Arc<App>, peer: &Name) {
 }
 
 /// Reads a body of at most `limit` bytes (after decompression).
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

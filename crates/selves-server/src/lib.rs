@@ -13,6 +13,7 @@
 pub mod api;
 pub mod error;
 mod indexer;
+mod memex;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 
-pub use api::RateLimit;
+pub use api::{MemexRates, RateLimit};
 pub use error::ApiError;
 
 /// What a server accepts unless configured otherwise.
@@ -40,10 +41,38 @@ pub const DEFAULT_LIMITS: Limits = Limits {
     max_pull_bytes: 4 << 20,
 };
 
+const fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    match std::num::NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("a rate must be at least 1"),
+    }
+}
+
+/// Native endpoints: requests per minute per token, and burst.
+pub const DEFAULT_RATE: RateLimit = RateLimit {
+    per_minute: nonzero(1200),
+    burst: nonzero(300),
+};
+
+/// memex endpoints: the spec's 10 pushes and 60 pulls a minute per token.
+/// Bursts are generous because memex clients do not wait on 429: they
+/// abort the run and try again at their next schedule.
+pub const DEFAULT_MEMEX_RATES: MemexRates = MemexRates {
+    pushes: RateLimit {
+        per_minute: nonzero(selves_wire::memex::PUSHES_PER_MINUTE),
+        burst: nonzero(60),
+    },
+    pulls: RateLimit {
+        per_minute: nonzero(selves_wire::memex::PULLS_PER_MINUTE),
+        burst: nonzero(120),
+    },
+};
+
 pub struct ServerConfig {
     pub tls: Arc<rustls::ServerConfig>,
     pub limits: Limits,
     pub rate: RateLimit,
+    pub memex: MemexRates,
     /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
     /// How long a client may take to finish the TLS handshake.
@@ -80,6 +109,7 @@ pub async fn run(
         store.clone(),
         config.limits,
         config.rate,
+        config.memex,
         config.software.clone(),
         kick.clone(),
     ));

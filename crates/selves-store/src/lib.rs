@@ -15,6 +15,7 @@
 //! selves lives in this crate.
 
 pub mod log;
+pub mod memex;
 pub mod memory;
 pub mod peers;
 pub mod schema;
@@ -29,8 +30,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selves_wire::{Name, NodeId, StreamName};
 
 pub use log::{ApplySummary, RangeRead};
+pub use memex::ArrivalPage;
 pub use memory::{CaptureOptions, CaptureSummary};
-pub use peers::{Attempt, AuthOutcome, Remote, TokenGrant};
+pub use peers::{Attempt, AuthOutcome, Protocol, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};
 
 /// Milliseconds since the Unix epoch. Callers pass the time in, so tests

@@ -224,7 +224,7 @@ impl Store {
     pub fn apply(&self, batches: Vec<RecordBatch>, durability: Durability) -> Result<ApplySummary> {
         self.write_memory(durability, |tx, convs| {
             let mut summary = ApplySummary::default();
-            let mut mat = Materialiser::new(tx, convs)?;
+            let mut mat = Materialiser::new(tx, convs, None)?;
             let mut insert_record = tx.prepare_cached(INSERT_RECORD)?;
             let mut touched = BTreeMap::new();
             for batch in batches {

@@ -16,12 +16,17 @@ use selves_wire::{ConversationMeta, Row, RowKey};
 
 use crate::{Result, Store};
 
-/// How local capture treats rows.
+/// How capture treats rows.
 #[derive(Debug, Clone, Default)]
 pub struct CaptureOptions {
     /// The `origin` given to rows that carry none (normally this node's
     /// name). `None` keeps their origin null: provenance is never invented.
     pub stamp_origin: Option<String>,
+    /// The memex peer the rows came from, if any: its name is kept on the
+    /// rows so they are not sent back to it.
+    pub via: Option<String>,
+    /// A memex remote's pull cursor to move, in the same transaction.
+    pub pulled_to: Option<(String, i64)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -120,14 +125,16 @@ pub(crate) struct Materialiser<'t, 'c> {
     tx: &'t Transaction<'t>,
     convs: &'c mut ConvCache,
     next_arrival: i64,
+    /// Written on every row this transaction inserts or replaces.
+    via: Option<String>,
     /// Held for the transaction: looking a statement up in the cache hashes
     /// its whole text, which is measurable at one call per row.
     insert: rusqlite::CachedStatement<'t>,
 }
 
 const INSERT_MESSAGE: &str = "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role,
-        sender, ts, edited_at, channel, origin, metadata, text)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+        sender, ts, edited_at, channel, origin, metadata, text, via)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
      ON CONFLICT DO NOTHING";
 
 /// Fills in what a row must have before it is hashed: a uuid derived from
@@ -139,7 +146,11 @@ pub(crate) fn normalise(row: &mut Row) {
 }
 
 impl<'t, 'c> Materialiser<'t, 'c> {
-    pub(crate) fn new(tx: &'t Transaction<'t>, convs: &'c mut ConvCache) -> Result<Self> {
+    pub(crate) fn new(
+        tx: &'t Transaction<'t>,
+        convs: &'c mut ConvCache,
+        via: Option<String>,
+    ) -> Result<Self> {
         let max: i64 = tx.query_row("SELECT COALESCE(MAX(arrival), 0) FROM messages", [], |r| {
             r.get(0)
         })?;
@@ -147,6 +158,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             tx,
             convs,
             next_arrival: max + 1,
+            via,
             insert: tx.prepare_cached(INSERT_MESSAGE)?,
         })
     }
@@ -204,7 +216,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             .prepare_cached(
                 "UPDATE messages SET conv = ?2, arrival = ?3, hash = ?4, msg_id = ?5, uuid = ?6,
                     role = ?7, sender = ?8, ts = ?9, edited_at = ?10, channel = ?11,
-                    origin = ?12, metadata = ?13, text = ?14
+                    origin = ?12, metadata = ?13, text = ?14, via = ?15
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -222,6 +234,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
                 row.origin,
                 row.metadata,
                 row.text,
+                self.via,
             ])?;
         Ok(Outcome::Updated(id))
     }
@@ -251,6 +264,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             row.origin,
             row.metadata,
             row.text,
+            self.via,
         ])?;
         if inserted == 0 {
             return Ok(None);
@@ -423,14 +437,15 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Row
 }
 
 impl Store {
-    /// Captures rows written on this node: each new or winning version of a
-    /// synced row becomes a record in this node's own `memory` log. One
+    /// Captures rows written on this node, or handed to it by a memex peer:
+    /// each new or winning version of a synced row becomes a record in this
+    /// node's own `memory` log, so it relays on to native peers. One
     /// transaction, durable when this returns.
     pub fn capture(&self, rows: Vec<Row>, opts: &CaptureOptions) -> Result<CaptureSummary> {
         let mut summary = CaptureSummary::default();
         self.write_memory(crate::Durability::Full, |tx, convs| {
             let mut own = crate::log::OwnLog::open(tx, self.me.idx, self.streams.memory)?;
-            let mut mat = Materialiser::new(tx, convs)?;
+            let mut mat = Materialiser::new(tx, convs, opts.via.clone())?;
             for (i, mut row) in rows.into_iter().enumerate() {
                 if row.origin.is_none() {
                     row.origin.clone_from(&opts.stamp_origin);
@@ -459,6 +474,12 @@ impl Store {
             }
             mat.flush()?;
             own.finish(tx)?;
+            if let Some((alias, cursor)) = &opts.pulled_to {
+                tx.execute(
+                    "UPDATE remotes SET pulled_to = MAX(pulled_to, ?2) WHERE alias = ?1",
+                    params![alias, cursor],
+                )?;
+            }
             Ok(())
         })?;
         Ok(summary)

@@ -45,11 +45,35 @@ pub enum AuthOutcome {
     Expired(String),
 }
 
+/// What a remote speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The native protocol (docs/protocol.md).
+    Selves,
+    /// memex v12 (`/sync/*`), with cursors kept here.
+    Memex,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Selves => "selves",
+            Protocol::Memex => "memex",
+        }
+    }
+}
+
 /// A peer this node dials.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Remote {
     pub alias: Name,
     pub url: String,
+    pub protocol: Protocol,
+    /// memex only: the peer's id of the last row pulled from it.
+    pub pulled_to: i64,
+    /// memex only: this node's arrival number of the last row pushed to it.
+    pub pushed_to: i64,
     #[serde(skip)]
     pub token: Token,
     /// `None` only with `insecure`.
@@ -68,8 +92,15 @@ pub struct Remote {
 /// How a sync attempt with a remote ended, for status.
 #[derive(Debug, Clone)]
 pub enum Attempt {
-    Success { node_id: NodeId, node_name: String },
-    Failure { class: String, message: String },
+    Success {
+        /// A selves peer's identity (memex nodes have none).
+        node_id: Option<NodeId>,
+        node_name: Option<String>,
+    },
+    Failure {
+        class: String,
+        message: String,
+    },
 }
 
 impl Store {
@@ -226,8 +257,8 @@ impl Store {
             }
             tx.execute(
                 "INSERT OR REPLACE INTO remotes (alias, url, token, cert_fp, insecure, node_id,
-                    node_name, added_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    node_name, added_at, protocol, pulled_to, pushed_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     remote.alias.as_str(),
                     remote.url,
@@ -237,6 +268,9 @@ impl Store {
                     remote.node_id.as_ref().map(NodeId::as_str),
                     remote.node_name,
                     remote.added_at,
+                    remote.protocol.as_str(),
+                    remote.pulled_to,
+                    remote.pushed_to,
                 ],
             )?;
             Ok(())
@@ -255,63 +289,42 @@ impl Store {
         let mut stmt = r.prepare(
             "SELECT alias, url, token, cert_fp, insecure, node_id, node_name, added_at,
                     last_attempt_at, last_success_at, consecutive_failures, last_error,
-                    last_error_class
+                    last_error_class, protocol, pulled_to, pushed_to
              FROM remotes ORDER BY alias",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, bool>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Millis>(7)?,
-                r.get::<_, Option<Millis>>(8)?,
-                r.get::<_, Option<Millis>>(9)?,
-                r.get::<_, u32>(10)?,
-                r.get::<_, Option<String>>(11)?,
-                r.get::<_, Option<String>>(12)?,
-            ))
+            // Rows were validated when written; one that no longer parses is
+            // skipped rather than failing every command.
+            let alias = r.get::<_, String>(0)?.parse().ok();
+            let token = r.get::<_, String>(2)?.parse().ok();
+            let (Some(alias), Some(token)) = (alias, token) else {
+                return Ok(None);
+            };
+            Ok(Some(Remote {
+                alias,
+                url: r.get(1)?,
+                protocol: match r.get::<_, String>(13)?.as_str() {
+                    "memex" => Protocol::Memex,
+                    _ => Protocol::Selves,
+                },
+                pulled_to: r.get(14)?,
+                pushed_to: r.get(15)?,
+                token,
+                cert_fp: r.get::<_, Option<String>>(3)?.and_then(|f| f.parse().ok()),
+                insecure: r.get(4)?,
+                node_id: r.get::<_, Option<String>>(5)?.and_then(|n| n.parse().ok()),
+                node_name: r.get(6)?,
+                added_at: r.get(7)?,
+                last_attempt_at: r.get(8)?,
+                last_success_at: r.get(9)?,
+                consecutive_failures: r.get(10)?,
+                last_error: r.get(11)?,
+                last_error_class: r.get(12)?,
+            }))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (
-                alias,
-                url,
-                token,
-                cert_fp,
-                insecure,
-                node_id,
-                node_name,
-                added_at,
-                la,
-                ls,
-                cf,
-                le,
-                lc,
-            ) = row?;
-            // Rows were validated when written; one that no longer parses is
-            // skipped rather than failing every command.
-            let (Ok(alias), Ok(token)) = (alias.parse(), token.parse()) else {
-                continue;
-            };
-            out.push(Remote {
-                alias,
-                url,
-                token,
-                cert_fp: cert_fp.and_then(|f| f.parse().ok()),
-                insecure,
-                node_id: node_id.and_then(|n| n.parse().ok()),
-                node_name,
-                added_at,
-                last_attempt_at: la,
-                last_success_at: ls,
-                consecutive_failures: cf,
-                last_error: le,
-                last_error_class: lc,
-            });
+            out.extend(row?);
         }
         Ok(out)
     }
@@ -327,9 +340,9 @@ impl Store {
                 Attempt::Success { node_id, node_name } => tx.execute(
                     "UPDATE remotes SET last_attempt_at = ?2, last_success_at = ?2,
                         consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
-                        node_id = ?3, node_name = ?4
+                        node_id = COALESCE(?3, node_id), node_name = COALESCE(?4, node_name)
                      WHERE alias = ?1",
-                    params![alias, now, node_id.as_str(), node_name],
+                    params![alias, now, node_id.as_ref().map(NodeId::as_str), node_name],
                 )?,
                 Attempt::Failure { class, message } => tx.execute(
                     "UPDATE remotes SET last_attempt_at = ?2,

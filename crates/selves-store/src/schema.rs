@@ -122,6 +122,15 @@ const MIGRATIONS: &[&str] = &[
         last_error_class     TEXT
     ) WITHOUT ROWID;
     "#,
+    // 2: memex v12 peers. `via` names the memex peer that delivered a row's
+    // current version (so it is not sent back there); remotes learn their
+    // protocol and the two memex cursors.
+    r#"
+    ALTER TABLE messages ADD COLUMN via TEXT;
+    ALTER TABLE remotes ADD COLUMN protocol TEXT NOT NULL DEFAULT 'selves';
+    ALTER TABLE remotes ADD COLUMN pulled_to INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE remotes ADD COLUMN pushed_to INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -52,6 +52,7 @@ fn capture(n: &Node, rows: Vec<Row>) -> selves_store::CaptureSummary {
             rows,
             &CaptureOptions {
                 stamp_origin: Some(n.store.me().name.to_string()),
+                ..CaptureOptions::default()
             },
         )
         .unwrap()

@@ -11,6 +11,7 @@
 //! - [`pair`]: the `selves-pair:` blob a hub prints and a spoke pastes.
 
 pub mod ids;
+pub mod memex;
 pub mod native;
 pub mod pair;
 pub mod row;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use clap::Args;
 use selves_client::{NoProgress, PeerClient, SyncOptions, SyncReport};
-use selves_server::{DEFAULT_LIMITS, RateLimit, ServerConfig};
+use selves_server::{DEFAULT_LIMITS, DEFAULT_MEMEX_RATES, DEFAULT_RATE, ServerConfig};
 use selves_store::{CaptureOptions, SearchQuery, Store};
 use selves_wire::pair::PairBlob;
 use selves_wire::{ConversationMeta, Row};
@@ -49,6 +49,7 @@ impl Node {
             rows,
             &CaptureOptions {
                 stamp_origin: Some(self.name()),
+                ..CaptureOptions::default()
             },
         )?;
         Ok(s.inserted + s.updated)
@@ -161,10 +162,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let config = ServerConfig {
             tls: selves_server::tls_config(vps.home.certificate()?, vps.home.private_key()?)?,
             limits: DEFAULT_LIMITS,
-            rate: RateLimit {
-                per_minute: 6000.try_into()?,
-                burst: 1000.try_into()?,
-            },
+            rate: DEFAULT_RATE,
+            memex: DEFAULT_MEMEX_RATES,
             header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 64,

@@ -51,6 +51,10 @@ pub struct ServerSection {
     pub rate_burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memex_pushes_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memex_pulls_per_minute: Option<u32>,
 }
 
 /// An initialised home.

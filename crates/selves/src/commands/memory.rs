@@ -98,6 +98,7 @@ pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()>
         vec![row],
         &CaptureOptions {
             stamp_origin: Some(home.name().to_string()),
+            ..CaptureOptions::default()
         },
     )?;
     if let Some((_, why)) = summary.refused.first() {
@@ -159,6 +160,7 @@ pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
     let opts = CaptureOptions {
         stamp_origin: (!args.keep_null_origin).then(|| home.name().to_string()),
+        ..CaptureOptions::default()
     };
     let bar = output::counter("importing rows");
     let mut report = ImportReport {

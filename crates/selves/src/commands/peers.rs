@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use selves_client::{PeerClient, PeerTarget, SyncOptions, Trust};
-use selves_store::{Remote, Store};
+use selves_client::{PeerClient, PeerTarget, SyncError, SyncOptions, Trust};
+use selves_store::{Protocol, Remote, Store};
 use selves_wire::pair::{PAIR_VERSION, PairBlob};
-use selves_wire::{CertFingerprint, Name, Token};
+use selves_wire::{CertFingerprint, Name, Token, memex};
 
 use crate::home::{DEFAULT_PORT, Home};
 use crate::output::{self, ago, now_ms};
@@ -27,6 +27,15 @@ pub struct InviteArgs {
     /// How long the invite may wait before its first use
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// `memex` prints a `memex-pair:` blob for a memex node to paste
+    #[arg(long, value_enum, default_value_t = BlobFormat::Selves)]
+    format: BlobFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BlobFormat {
+    Selves,
+    Memex,
 }
 
 fn random_token() -> anyhow::Result<Token> {
@@ -85,8 +94,12 @@ pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
             "note: the blob points at {host}:{port}; the peer must reach this node there (say, through an SSH tunnel). Pass --host to give another address."
         );
     }
+    let how = match args.format {
+        BlobFormat::Selves => "selves pair",
+        BlobFormat::Memex => "memex-sync sync-pair",
+    };
     eprintln!(
-        "on {}, within {}: selves pair <the line above>",
+        "on {}, within {}: {how} <the line above>",
         args.peer,
         humantime::format_duration(args.ttl)
     );
@@ -102,6 +115,18 @@ pub fn mint_invite(
     port: u16,
     ttl: Duration,
 ) -> anyhow::Result<String> {
+    let token = mint_token(store, peer, host, port, ttl)?;
+    blob(home, peer, host, port, token, ttl)
+}
+
+/// Mints a fresh token for `peer` that must be used within `ttl`.
+fn mint_token(
+    store: &Store,
+    peer: &Name,
+    host: &str,
+    port: u16,
+    ttl: Duration,
+) -> anyhow::Result<Token> {
     let token = random_token()?;
     let now = now_ms();
     store.mint_token(
@@ -113,12 +138,13 @@ pub fn mint_invite(
         false,
         now,
     )?;
-    blob(home, peer, host, port, token, ttl)
+    Ok(token)
 }
 
 #[derive(Args)]
 pub struct PairArgs {
-    /// The `selves-pair:` line printed by `selves invite` on the hub
+    /// The `selves-pair:` line printed by `selves invite` on the hub (or a
+    /// `memex-pair:` line from a memex node)
     blob: String,
     /// The name to call the hub here [default: the hub's own name]
     #[arg(long)]
@@ -129,11 +155,18 @@ pub struct PairArgs {
     /// Save without contacting the hub (its invite must still be used before it expires)
     #[arg(long)]
     no_check: bool,
+    /// Accept a memex blob without a certificate fingerprint (only through
+    /// a transport that authenticates the far end, such as an SSH tunnel)
+    #[arg(long)]
+    insecure: bool,
 }
 
 pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
+    if args.blob.trim().starts_with(memex::PAIR_PREFIX) {
+        return pair_memex(&store, args);
+    }
     let blob = PairBlob::decode(&args.blob, now_ms() / 1000)?;
     let alias = args.alias.unwrap_or_else(|| blob.node.clone());
     if !args.force && store.remote(alias.as_str())?.is_some() {
@@ -143,7 +176,12 @@ pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
     }
     let remote = remote_from_blob(&blob, alias.clone());
     if !args.no_check {
-        let hello = check_peer(&store, &remote)?;
+        let PeerKind::Selves(hello) = check_peer(&store, &remote)? else {
+            bail!(
+                "{} answered as a memex node, but the blob is for a selves node",
+                remote.url
+            );
+        };
         if hello.node.id != blob.node_id {
             bail!(
                 "{} answered as node {} ({}), but the blob is for {} ({}): not pairing",
@@ -164,16 +202,65 @@ pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The remote a pair blob describes.
-pub fn remote_from_blob(blob: &PairBlob, alias: Name) -> Remote {
+/// Pairs with a memex node from its `memex-pair:` blob.
+fn pair_memex(store: &std::sync::Arc<Store>, args: PairArgs) -> anyhow::Result<()> {
+    let blob = memex::PairBlob::decode(&args.blob, now_ms() / 1000)?;
+    let alias = args
+        .alias
+        .unwrap_or_else(|| "memex".parse().expect("valid name"));
+    if !args.force && store.remote(alias.as_str())?.is_some() {
+        bail!(
+            "a peer named {alias} already exists: pass --force to replace it, or --alias to name this one differently"
+        );
+    }
+    if blob.cert_fp.is_none() {
+        if !args.insecure {
+            bail!(
+                "this memex blob has no certificate fingerprint: pass --insecure only if {} is reached through a transport that authenticates it (an SSH tunnel)",
+                blob.url()
+            );
+        }
+        warn_insecure(&blob.url());
+    }
+    let mut remote = new_remote(alias.clone(), blob.url(), blob.token.clone(), blob.cert_fp);
+    remote.protocol = Protocol::Memex;
+    let mut version = String::new();
+    if !args.no_check {
+        match check_peer(store, &remote)? {
+            PeerKind::Memex(health) => version = format!(" (memex {})", health.version),
+            PeerKind::Selves(hello) => bail!(
+                "{} is a selves node ({}), not memex: ask it for a selves-pair blob",
+                remote.url,
+                hello.node.name
+            ),
+        }
+    }
+    store.add_remote(&remote, true)?;
+    println!("paired with memex node {alias}{version} at {}", remote.url);
+    eprintln!("next: selves sync {alias}");
+    Ok(())
+}
+
+fn warn_insecure(url: &str) {
+    eprintln!(
+        "WARNING: --insecure: the certificate of {url} will not be checked, so whoever answers there receives this token.\n\
+         Use it only through a transport that authenticates the far end itself, such as an SSH tunnel to localhost."
+    );
+}
+
+/// A remote not yet synced with.
+fn new_remote(alias: Name, url: String, token: Token, cert_fp: Option<CertFingerprint>) -> Remote {
     Remote {
         alias,
-        url: blob.url(),
-        token: blob.token.clone(),
-        cert_fp: Some(blob.cert_fp),
-        insecure: false,
-        node_id: Some(blob.node_id.clone()),
-        node_name: Some(blob.node.to_string()),
+        url,
+        protocol: Protocol::Selves,
+        pulled_to: 0,
+        pushed_to: 0,
+        token,
+        insecure: cert_fp.is_none(),
+        cert_fp,
+        node_id: None,
+        node_name: None,
         added_at: now_ms(),
         last_attempt_at: None,
         last_success_at: None,
@@ -183,25 +270,53 @@ pub fn remote_from_blob(blob: &PairBlob, alias: Name) -> Remote {
     }
 }
 
+/// The remote a pair blob describes.
+pub fn remote_from_blob(blob: &PairBlob, alias: Name) -> Remote {
+    Remote {
+        node_id: Some(blob.node_id.clone()),
+        node_name: Some(blob.node.to_string()),
+        ..new_remote(alias, blob.url(), blob.token.clone(), Some(blob.cert_fp))
+    }
+}
+
+/// What answered at a peer's address.
+enum PeerKind {
+    Selves(selves_wire::native::Hello),
+    Memex(memex::Health),
+}
+
 /// Contacts a peer once: checks its certificate, claims the token, learns
-/// its identity.
-fn check_peer(
-    store: &std::sync::Arc<Store>,
-    remote: &Remote,
-) -> anyhow::Result<selves_wire::native::Hello> {
+/// what it is. A node without the native endpoints is asked whether it
+/// speaks memex v12.
+fn check_peer(store: &std::sync::Arc<Store>, remote: &Remote) -> anyhow::Result<PeerKind> {
     let client = PeerClient::new(target(remote))?;
     let rt = crate::runtime()?;
     let opts = SyncOptions {
         attempts: 2,
         ..SyncOptions::default()
     };
-    let hello = rt.block_on(selves_client::handshake(
+    let native = rt.block_on(selves_client::handshake(
         store,
         &client,
         &opts,
         &selves_client::NoProgress,
-    ))?;
-    Ok(hello)
+    ));
+    match native {
+        Ok(hello) => Ok(PeerKind::Selves(hello)),
+        Err(SyncError::NotFound { .. }) => {
+            let health = rt.block_on(client.memex_health())?;
+            if health.schema_version != memex::SCHEMA_VERSION {
+                return Err(SyncError::SchemaMismatch {
+                    url: remote.url.clone(),
+                    theirs: health.schema_version,
+                    ours: memex::SCHEMA_VERSION,
+                }
+                .into());
+            }
+            Ok(PeerKind::Memex(health))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn target(remote: &Remote) -> PeerTarget {
@@ -299,34 +414,32 @@ fn add(store: &std::sync::Arc<Store>, a: AddArgs) -> anyhow::Result<()> {
         );
     }
     if a.insecure {
-        eprintln!(
-            "WARNING: --insecure: the certificate of {url} will not be checked, so whoever answers there receives this token.\n\
-             Use it only through a transport that authenticates the far end itself, such as an SSH tunnel to localhost."
-        );
+        warn_insecure(&url);
     }
-    let remote = Remote {
-        alias: a.alias.clone(),
+    let mut remote = new_remote(
+        a.alias.clone(),
         url,
         token,
-        cert_fp: a.cert_fp,
-        insecure: a.insecure,
-        node_id: None,
-        node_name: None,
-        added_at: now_ms(),
-        last_attempt_at: None,
-        last_success_at: None,
-        consecutive_failures: 0,
-        last_error: None,
-        last_error_class: None,
-    };
-    let mut remote = remote;
+        if a.insecure { None } else { a.cert_fp },
+    );
     if !a.no_check {
-        let hello = check_peer(store, &remote)?;
-        remote.node_id = Some(hello.node.id);
-        remote.node_name = Some(hello.node.name.to_string());
+        match check_peer(store, &remote)? {
+            PeerKind::Selves(hello) => {
+                remote.node_id = Some(hello.node.id);
+                remote.node_name = Some(hello.node.name.to_string());
+            }
+            PeerKind::Memex(health) => {
+                remote.protocol = Protocol::Memex;
+                remote.node_name = Some(format!("memex {}", health.version));
+            }
+        }
     }
     store.add_remote(&remote, true)?;
-    println!("added peer {} at {}", remote.alias, remote.url);
+    let kind = match remote.protocol {
+        Protocol::Selves => "peer",
+        Protocol::Memex => "memex peer",
+    };
+    println!("added {kind} {} at {}", remote.alias, remote.url);
     Ok(())
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use selves_server::{DEFAULT_LIMITS, RateLimit, ServerConfig};
+use selves_server::{
+    DEFAULT_LIMITS, DEFAULT_MEMEX_RATES, DEFAULT_RATE, MemexRates, RateLimit, ServerConfig,
+};
 use selves_wire::native::Limits;
 
 use crate::home::{DEFAULT_PORT, Home};
@@ -33,11 +35,13 @@ pub struct ServeArgs {
     /// Seconds a client may take to send request headers
     #[arg(long)]
     header_timeout_secs: Option<u64>,
+    /// memex pushes per minute allowed per token (the spec's 10 by default)
+    #[arg(long)]
+    memex_pushes_per_minute: Option<u32>,
+    /// memex pulls per minute allowed per token (the spec's 60 by default)
+    #[arg(long)]
+    memex_pulls_per_minute: Option<u32>,
 }
-
-/// Per-token requests per minute unless configured.
-const DEFAULT_RATE_PER_MINUTE: u32 = 1200;
-const DEFAULT_RATE_BURST: u32 = 300;
 
 pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
@@ -67,14 +71,35 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
         per_minute: nonzero(
             args.rate_per_minute
                 .or(cfg.rate_per_minute)
-                .unwrap_or(DEFAULT_RATE_PER_MINUTE),
+                .unwrap_or(DEFAULT_RATE.per_minute.get()),
             "the rate per minute",
         )?,
         burst: nonzero(
             args.rate_burst
                 .or(cfg.rate_burst)
-                .unwrap_or(DEFAULT_RATE_BURST),
+                .unwrap_or(DEFAULT_RATE.burst.get()),
             "the rate burst",
+        )?,
+    };
+    // A lower per-minute rate lowers the burst with it.
+    let memex_rate = |given: Option<u32>, default: RateLimit, what: &str| {
+        let Some(n) = given else { return Ok(default) };
+        let per_minute = nonzero(n, what)?;
+        anyhow::Ok(RateLimit {
+            per_minute,
+            burst: per_minute.min(default.burst),
+        })
+    };
+    let memex = MemexRates {
+        pushes: memex_rate(
+            args.memex_pushes_per_minute.or(cfg.memex_pushes_per_minute),
+            DEFAULT_MEMEX_RATES.pushes,
+            "the memex push rate",
+        )?,
+        pulls: memex_rate(
+            args.memex_pulls_per_minute.or(cfg.memex_pulls_per_minute),
+            DEFAULT_MEMEX_RATES.pulls,
+            "the memex pull rate",
         )?,
     };
     let header_timeout = Duration::from_secs(
@@ -105,6 +130,7 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
             tls,
             limits,
             rate,
+            memex,
             header_timeout,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 256,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use selves_client::{PeerClient, SyncOptions, SyncReport};
-use selves_store::{Attempt, Remote, Store};
+use selves_store::{Attempt, Protocol, Remote, Store};
 use serde::Serialize;
 
 use crate::commands::peers::target;
@@ -116,13 +116,21 @@ fn sync_one(
     let alias = remote.alias.to_string();
     let started = Instant::now();
     let bar = SyncBar::new(&alias);
-    let outcome = PeerClient::new(target(remote))
-        .and_then(|client| rt.block_on(selves_client::sync(store.clone(), &client, opts, &bar)));
+    let outcome = PeerClient::new(target(remote)).and_then(|client| match remote.protocol {
+        Protocol::Selves => rt.block_on(selves_client::sync(store.clone(), &client, opts, &bar)),
+        Protocol::Memex => rt.block_on(selves_client::sync_memex(
+            store.clone(),
+            &client,
+            &alias,
+            opts,
+            &bar,
+        )),
+    });
     bar.finish();
     let attempt = match &outcome {
         Ok(report) => Attempt::Success {
-            node_id: report.peer.id.clone(),
-            node_name: report.peer.name.to_string(),
+            node_id: report.node_id.clone(),
+            node_name: report.node_id.as_ref().map(|_| report.peer.clone()),
         },
         Err(e) => Attempt::Failure {
             class: e.class().to_owned(),
@@ -186,6 +194,9 @@ fn print_result((result, _): &(PeerResult, Option<u8>)) {
                 result.peer, r.pulled, r.pushed, r.changed_rows, r.elapsed_ms
             );
         }
+        for why in r.refused.iter().take(10) {
+            eprintln!("note: a row from {} was refused: {why}", result.peer);
+        }
         for v in r.voided.iter().take(10) {
             eprintln!(
                 "note: record {} of {} {} was refused and kept as void: {}",
@@ -232,6 +243,13 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
     let remote = chosen(&store, args.peer, false)?.remove(0);
+    if remote.protocol == Protocol::Memex {
+        bail!(
+            "{} is a memex node: memex has no digest to compare; `selves sync {}` reports what moved",
+            remote.alias,
+            remote.alias
+        );
+    }
     let client = PeerClient::new(target(&remote))?;
     let rt = crate::runtime()?;
     let theirs = rt.block_on(client.digest())?;

@@ -29,8 +29,17 @@ fn init_makes_private_files_and_is_a_no_op_the_second_time() {
     // SQLite's side files exist while the database is open: they are as
     // private as the database.
     let server = n.serve(&[]);
-    for f in ["selves.db-wal", "selves.db-shm", "search.db-wal", "search.db-shm"] {
-        let mode = std::fs::metadata(n.home().join(f)).unwrap().permissions().mode() & 0o777;
+    for f in [
+        "selves.db-wal",
+        "selves.db-shm",
+        "search.db-wal",
+        "search.db-shm",
+    ] {
+        let mode = std::fs::metadata(n.home().join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{f} has mode {mode:o}");
     }
     drop(server);

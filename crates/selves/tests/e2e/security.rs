@@ -191,6 +191,11 @@ fn expired_tampered_and_unknown_blobs_are_refused() {
     let run = spoke.fails(&["pair", &blob[..blob.len() / 2]], 1);
     assert!(run.stderr.contains("not a selves pair blob"), "{run:?}");
     let run = spoke.fails(&["pair", "memex-pair:eyJ2IjoxfQ"], 1);
+    assert!(
+        run.stderr.contains("memex pair blob is missing host"),
+        "{run:?}"
+    );
+    let run = spoke.fails(&["pair", "nonsense"], 1);
     assert!(run.stderr.contains("not a selves pair blob"), "{run:?}");
 
     // Expiry, checked by the spoke…
