@@ -162,9 +162,11 @@ async fn push(
     counters: &Counters,
     report: &mut SyncReport,
 ) -> Result<(), SyncError> {
-    let mut batch = opts
+    // `--batch` caps the batch; halving after a refusal grows back to it.
+    let max_batch = opts
         .batch_records
         .map_or(MAX_PUSH_ROWS, |b| (b as usize).clamp(1, MAX_PUSH_ROWS));
+    let mut batch = max_batch;
     loop {
         let s = store.clone();
         let skip = alias.to_owned();
@@ -203,7 +205,7 @@ async fn push(
                 if !page.has_more {
                     return Ok(());
                 }
-                batch = (batch * 2).min(MAX_PUSH_ROWS);
+                batch = (batch * 2).min(max_batch);
             }
             Err(SyncError::PayloadTooLarge { .. }) if count > 1 => {
                 progress.waiting(

@@ -248,20 +248,44 @@ pub(crate) async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let compressed = headers.contains_key(header::CONTENT_ENCODING);
     if !compressed && declared.is_some_and(|n| n > limit) {
+        drain(body).await;
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit as usize)
-        .await
-        .map_err(|e| {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(err) = source {
-                if err.is::<http_body_util::LengthLimitError>() {
-                    return ApiError::PayloadTooLarge { limit };
+    let mut body = body;
+    let mut out = Vec::new();
+    loop {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            None => return Ok(out.into()),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if out.len() as u64 + data.len() as u64 > limit {
+                        drain(body).await;
+                        return Err(ApiError::PayloadTooLarge { limit });
+                    }
+                    out.extend_from_slice(data);
                 }
-                source = err.source();
             }
-            ApiError::BadRequest(format!("could not read the body: {e}"))
-        })
+            Some(Err(e)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the body: {e}"
+                )));
+            }
+        }
+    }
+}
+
+/// Reads and discards what is left of a refused body (up to 16 MiB), so
+/// the client, which usually sends its whole body before it reads, gets
+/// the answer instead of a reset from a socket closed with data unread.
+async fn drain(mut body: Body) {
+    const DRAIN_MAX: usize = 16 << 20;
+    let mut seen = 0usize;
+    while seen < DRAIN_MAX {
+        match http_body_util::BodyExt::frame(&mut body).await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 fn json_bytes(bytes: Vec<u8>) -> Response {

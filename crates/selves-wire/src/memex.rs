@@ -268,6 +268,17 @@ mod tests {
     }
 
     #[test]
+    fn push_request_json() {
+        let row: Row = serde_json::from_str(
+            r#"{"source":"claude-code","conversation_id":"c1","msg_id":"m1","role":"user","text":"hi","ts":1716800000}"#,
+        )
+        .unwrap();
+        let push = Push { rows: vec![row] };
+        expect_test::expect![[r#"{"rows":[{"source":"claude-code","conversation_id":"c1","msg_id":"m1","uuid":null,"role":"user","sender":null,"text":"hi","ts":1716800000,"edited_at":null,"channel":null,"metadata":null,"origin":null,"conversation":null}]}"#]]
+            .assert_eq(&serde_json::to_string(&push).unwrap());
+    }
+
+    #[test]
     fn rows_without_msg_id_are_refused() {
         assert!(parse_row(r#"{"source":"s","conversation_id":"c","msg_id":"1","role":"user","text":"t","ts":1}"#).is_ok());
         let err =

@@ -50,7 +50,7 @@ pub fn sync_code(e: &SyncError) -> u8 {
         SyncError::Unauthorized { .. } => code::AUTH,
         SyncError::Network { .. } => code::UNREACHABLE,
         SyncError::PinMismatch { .. } | SyncError::ForgedCertificate { .. } => code::CERTIFICATE,
-        SyncError::ProtocolMismatch { .. } => code::VERSION,
+        SyncError::ProtocolMismatch { .. } | SyncError::SchemaMismatch { .. } => code::VERSION,
         _ => code::FAILED,
     }
 }

@@ -171,7 +171,16 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             (Some(t), _) => format!("ok, last sync {}", ago(*t)),
             (None, _) => "never synced".to_owned(),
         };
-        println!("  {:<16} {:<32} {state}", p.alias, p.url);
+        let kind = match p.protocol {
+            selves_store::Protocol::Selves => String::new(),
+            selves_store::Protocol::Memex => {
+                format!(
+                    " [memex; pulled to {}, pushed to {}]",
+                    p.pulled_to, p.pushed_to
+                )
+            }
+        };
+        println!("  {:<16} {:<32} {state}{kind}", p.alias, p.url);
     }
     println!("peers allowed to call this node:");
     if status.tokens.is_empty() {

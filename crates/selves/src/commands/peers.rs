@@ -85,10 +85,22 @@ pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
     let (host, port, guessed) = dial_address(&home, args.host, args.port);
-    println!(
-        "{}",
-        mint_invite(&home, &store, &args.peer, &host, port, args.ttl)?
-    );
+    let line = match args.format {
+        BlobFormat::Selves => mint_invite(&home, &store, &args.peer, &host, port, args.ttl)?,
+        BlobFormat::Memex => {
+            let token = mint_token(&store, &args.peer, &host, port, args.ttl)?;
+            memex::PairBlob {
+                v: memex::PAIR_VERSION,
+                host: host.clone(),
+                port,
+                cert_fp: Some(home.fingerprint()?),
+                token,
+                exp: now_ms() / 1000 + args.ttl.as_secs().max(1) as i64,
+            }
+            .encode()
+        }
+    };
+    println!("{line}");
     if guessed {
         eprintln!(
             "note: the blob points at {host}:{port}; the peer must reach this node there (say, through an SSH tunnel). Pass --host to give another address."

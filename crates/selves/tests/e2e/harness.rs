@@ -3,7 +3,7 @@
 //! protocol directly. Nothing here touches the real home directory: every
 //! command runs with SELVES_HOME and HOME inside a temporary directory.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -421,4 +421,102 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[end + 2..end + 2 + size]);
         data = &data[end + 2 + size + 2..];
     }
+}
+
+/// A request as a test server sees it.
+pub struct Incoming {
+    pub method: String,
+    /// Path with query, as sent.
+    pub target: String,
+    pub authorization: String,
+    pub body: Vec<u8>,
+}
+
+/// A small HTTPS/1.1 server for test peers written in the suite: a fresh
+/// self-signed certificate, keep-alive, JSON answers from `handler`.
+/// Returns its address and certificate fingerprint.
+pub fn https_server(
+    handler: impl Fn(Incoming) -> (u16, serde_json::Value) + Send + Sync + 'static,
+) -> (SocketAddr, selves_wire::CertFingerprint) {
+    use rustls::pki_types::pem::PemObject as _;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["test-peer".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_der = cert.der().clone();
+    let fingerprint = selves_wire::CertFingerprint::of_der(&cert_der);
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key_der)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            let (config, handler) = (config.clone(), handler.clone());
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = BufReader::new(rustls::Stream::new(&mut conn, &mut tcp));
+                while let Some(req) = read_request(&mut tls) {
+                    let (status, resp) = handler(req);
+                    let body = serde_json::to_vec(&resp).unwrap();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let stream = tls.get_mut();
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(&body).is_err()
+                    {
+                        return;
+                    }
+                    let _ = stream.flush();
+                }
+            });
+        }
+    });
+    (addr, fingerprint)
+}
+
+fn read_request(r: &mut impl BufRead) -> Option<Incoming> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.split(' ');
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?.to_owned();
+    let (mut len, mut authorization) = (0usize, String::new());
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok()?,
+                "authorization" => authorization = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Incoming {
+        method,
+        target,
+        authorization,
+        body,
+    })
 }

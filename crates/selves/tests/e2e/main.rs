@@ -4,6 +4,8 @@
 mod cli;
 mod crash;
 mod harness;
+mod memex_conformance;
+mod memex_peer;
 mod protocol;
 mod scripted;
 mod security;

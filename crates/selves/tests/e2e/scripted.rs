@@ -4,15 +4,13 @@
 //! real client's reactions can be tested through the binary.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Write as _};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustls::pki_types::pem::PemObject as _;
 use serde_json::{Value, json};
 
-use crate::harness::{Node, rows};
+use crate::harness::{Node, https_server, rows};
 
 #[derive(Clone, Copy)]
 struct Script {
@@ -47,104 +45,28 @@ struct Peer {
 }
 
 fn start(script: Script) -> Peer {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["selves".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let cert_der = cert.der().clone();
-    let fingerprint = selves_wire::CertFingerprint::of_der(&cert_der).to_string();
-    let key_der =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert_der], key_der)
-        .unwrap(),
-    );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let token = "c0".repeat(32);
     let heads = Arc::new(Mutex::new(HashMap::new()));
     let pushes = Arc::new(Mutex::new(Vec::new()));
-    let failures = Arc::new(AtomicUsize::new(0));
+    let failures = AtomicUsize::new(0);
     let (h, p) = (heads.clone(), pushes.clone());
     let expected = format!("Bearer {token}");
-    std::thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(mut tcp) = tcp else { continue };
-            let (config, heads, pushes, failures, expected) = (
-                config.clone(),
-                h.clone(),
-                p.clone(),
-                failures.clone(),
-                expected.clone(),
+    let (addr, fingerprint) = https_server(move |req| {
+        if req.authorization != expected {
+            return (
+                401,
+                json!({"error": "unauthorized", "detail": "unknown token"}),
             );
-            std::thread::spawn(move || {
-                let mut conn = rustls::ServerConnection::new(config).unwrap();
-                let mut tls = BufReader::new(rustls::Stream::new(&mut conn, &mut tcp));
-                // Keep-alive: serve requests until the client hangs up.
-                while let Some((path, auth, body)) = read_request(&mut tls) {
-                    let (status, resp) = if auth != expected {
-                        (
-                            401,
-                            json!({"error": "unauthorized", "detail": "unknown token"}),
-                        )
-                    } else {
-                        answer(&script, &path, &body, &heads, &pushes, &failures)
-                    };
-                    let body = serde_json::to_vec(&resp).unwrap();
-                    let head = format!(
-                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let stream = tls.get_mut();
-                    if stream.write_all(head.as_bytes()).is_err()
-                        || stream.write_all(&body).is_err()
-                    {
-                        return;
-                    }
-                    let _ = stream.flush();
-                }
-            });
         }
+        answer(&script, &req.target, &req.body, &h, &p, &failures)
     });
     Peer {
         addr,
-        fingerprint,
+        fingerprint: fingerprint.to_string(),
         token,
         heads,
         pushes,
     }
-}
-
-fn read_request(r: &mut impl std::io::BufRead) -> Option<(String, String, Vec<u8>)> {
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let path = line.split(' ').nth(1)?.to_owned();
-    let (mut len, mut auth) = (0usize, String::new());
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-length" => len = v.trim().parse().ok()?,
-                "authorization" => auth = v.trim().to_owned(),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
-    Some((path, auth, body))
 }
 
 fn answer(
