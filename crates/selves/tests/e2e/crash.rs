@@ -4,9 +4,14 @@
 
 use std::process::Child;
 
-use crate::harness::{Node, rows, star, wait_until};
+use crate::harness::{Node, rows, star_with, wait_until};
 
 const ROWS: usize = 12_000;
+
+/// The hub answers about 15 requests a second (it tells the client to wait
+/// past that), so a transfer of `ROWS` in batches of 150 takes several
+/// seconds on any machine and the kills below land in the middle of it.
+const SLOW: &[&str] = &["--rate-per-minute", "900", "--rate-burst", "4"];
 
 fn kill(mut child: Child) {
     // Child::kill sends SIGKILL on Unix.
@@ -40,7 +45,7 @@ fn assert_complete(a: &Node, b: &Node, alias: &str) {
 
 #[test]
 fn client_killed_mid_pull_resumes_without_loss_or_duplicates() {
-    let (hub, _server, spokes) = star("hub", &["spoke"]);
+    let (hub, _server, spokes) = star_with("hub", SLOW, &["spoke"]);
     let spoke = &spokes[0];
     hub.import(&rows("h", "c", ROWS, 400));
 
@@ -65,7 +70,7 @@ fn client_killed_mid_pull_resumes_without_loss_or_duplicates() {
 
 #[test]
 fn client_killed_mid_push_resumes_without_loss_or_duplicates() {
-    let (hub, _server, spokes) = star("hub", &["spoke"]);
+    let (hub, _server, spokes) = star_with("hub", SLOW, &["spoke"]);
     let spoke = &spokes[0];
     spoke.import(&rows("s", "c", ROWS, 400));
 
@@ -87,7 +92,7 @@ fn client_killed_mid_push_resumes_without_loss_or_duplicates() {
 fn server_killed_mid_push_resumes_without_loss_or_duplicates() {
     let hub = Node::new("hub");
     let spoke = Node::new("spoke");
-    let server = hub.serve(&[]);
+    let server = hub.serve(SLOW);
     let port = server.port();
     spoke.pair(&hub, &server, "hub");
     spoke.import(&rows("s", "c", ROWS, 400));

@@ -206,8 +206,13 @@ impl Node {
 
 /// A hub serving on loopback with `spokes` paired to it (alias "hub").
 pub fn star(hub: &str, spokes: &[&str]) -> (Node, Server, Vec<Node>) {
+    star_with(hub, &[], spokes)
+}
+
+/// [`star`], the hub's `serve` given `extra` arguments.
+pub fn star_with(hub: &str, extra: &[&str], spokes: &[&str]) -> (Node, Server, Vec<Node>) {
     let hub = Node::new(hub);
-    let server = hub.serve(&[]);
+    let server = hub.serve(extra);
     let spokes = spokes
         .iter()
         .map(|name| {
