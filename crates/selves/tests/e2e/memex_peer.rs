@@ -102,6 +102,8 @@ pub struct Faults {
     pub limited_pushes: usize,
     /// Answer every push with this conflict (409) detail.
     pub push_conflict: Option<String>,
+    /// Take this long over each pull page (so a test can kill mid-pull).
+    pub pull_delay: std::time::Duration,
 }
 
 /// A memex node serving its database on loopback.
@@ -188,6 +190,7 @@ impl MemexServer {
                     )
                 }
                 ("GET", "/sync/pull") => {
+                    std::thread::sleep(f.pull_delay);
                     if f.failing_pulls > 0 {
                         f.failing_pulls -= 1;
                         return (
@@ -463,6 +466,7 @@ fn memex_cursors_resume_after_a_kill() {
     }
     let laptop = Node::new("laptop");
     laptop.ok(&["pair", &memex.pair_blob(), "--alias", "vps"]);
+    memex.faults.lock().unwrap().pull_delay = std::time::Duration::from_millis(150);
 
     // Killed part-way through the pull: the cursor resumes, nothing lost
     // or doubled.
@@ -475,6 +479,7 @@ fn memex_cursors_resume_after_a_kill() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(seen < N as u64, "the pull finished before the kill");
+    memex.faults.lock().unwrap().pull_delay = std::time::Duration::ZERO;
     laptop.assert_intact();
     let cursor = laptop.json(&["status", "--json"])["peers"][0]["pulled_to"]
         .as_i64()
