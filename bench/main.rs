@@ -9,7 +9,11 @@
 //! the time until it is also searchable, the peak RSS of both processes,
 //! and the time of a no-op sync round.
 //!
+//! `bench/run shares [--files N]`: shares (see `shares.rs`).
+//!
 //! Everything runs in a temporary directory on 127.0.0.1.
+
+mod shares;
 
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = 100_000usize;
+    let mut files = 10_000usize;
     let mut i = 0;
     let mut scenario = "sync".to_owned();
     while i < args.len() {
@@ -27,17 +32,34 @@ fn main() {
                 rows = args[i + 1].parse().expect("--rows takes a number");
                 i += 1;
             }
-            "sync" => scenario = "sync".into(),
+            "--files" => {
+                files = args[i + 1].parse().expect("--files takes a number");
+                i += 1;
+            }
+            "sync" | "shares" => scenario = args[i].clone(),
             other => {
-                eprintln!("usage: selves-bench sync [--rows N]  (unknown: {other})");
+                eprintln!(
+                    "usage: selves-bench sync [--rows N] | shares [--files N]  (unknown: {other})"
+                );
                 std::process::exit(2);
             }
         }
         i += 1;
     }
-    assert_eq!(scenario, "sync");
     let selves = locate_selves();
     let dir = tempdir();
+    if scenario == "shares" {
+        println!(
+            "selves-bench shares: binary {}, dir {}",
+            selves.display(),
+            dir.display()
+        );
+        shares::run(&selves, &dir, files);
+        if std::env::var_os("SELVES_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return;
+    }
     println!(
         "selves-bench: {rows} rows, binary {}, dir {}",
         selves.display(),
@@ -100,7 +122,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn mb(bytes: u64) -> f64 {
+pub(crate) fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
@@ -125,7 +147,7 @@ fn tempdir() -> PathBuf {
 }
 
 /// A tiny deterministic generator (xorshift).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -133,12 +155,12 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
+    pub(crate) fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + (self.next() % (hi - lo) as u64) as usize
     }
 }
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "the",
     "memory",
     "agent",
@@ -242,7 +264,7 @@ fn generate(path: &Path, n: usize) -> (u64, u64, usize) {
     (bytes, text_bytes, convs)
 }
 
-struct Node {
+pub(crate) struct Node {
     bin: PathBuf,
     home: PathBuf,
     name: String,
@@ -274,7 +296,7 @@ impl Drop for Server {
 }
 
 impl Node {
-    fn new(bin: &Path, dir: &Path, name: &str) -> Node {
+    pub(crate) fn new(bin: &Path, dir: &Path, name: &str) -> Node {
         let node = Node {
             bin: bin.to_owned(),
             home: dir.join(name),
@@ -292,7 +314,7 @@ impl Node {
         c
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cmd(args).output().expect("run selves");
         assert!(
             out.status.success(),
@@ -308,7 +330,7 @@ impl Node {
         wait_rusage(child)
     }
 
-    fn serve(&self) -> Server {
+    pub(crate) fn serve(&self) -> Server {
         let mut child = self
             .cmd(&[
                 "serve",
@@ -331,7 +353,14 @@ impl Node {
         Server { child, port }
     }
 
-    fn pair(&self, hub: &Node, server: &Server) {
+    /// `sync hub --json`, which must succeed; its one peer result.
+    pub(crate) fn sync_json(&self) -> serde_json::Value {
+        let out = self.ok(&["sync", "hub", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("sync --json");
+        v[0].clone()
+    }
+
+    pub(crate) fn pair(&self, hub: &Node, server: &Server) {
         let blob = hub.ok(&[
             "invite",
             "--peer",

@@ -4,14 +4,17 @@
 //! - [`tls`]: the pinning certificate verifier.
 //! - [`peer`]: one peer's endpoint and the error classification.
 //! - [`replicate`]: one sync round (heads diff, pipelined pull and push).
+//! - [`shares`]: the shares in a round (records, then blob streams).
 //! - [`memex`]: one sync round with a memex v12 node.
 
 pub mod memex;
 pub mod peer;
 pub mod replicate;
+pub mod shares;
 pub mod tls;
 
 pub use memex::sync_memex;
 pub use peer::{PeerClient, PeerTarget, SyncError};
 pub use replicate::{NoProgress, Progress, SyncOptions, SyncReport, handshake, sync};
+pub use shares::ShareSync;
 pub use tls::Trust;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use selves_wire::file::{BlobsGet, BlobsStored, BlobsWants, BlobsWantsRequest, blob_path};
 use selves_wire::native::{
     self, DigestResponse, ErrorBody, Hello, HelloRequest, PullRequest, PushResponse,
 };
@@ -68,6 +69,8 @@ pub enum SyncError {
     SchemaMismatch { url: String, theirs: u32, ours: u32 },
     #[error("{url} sent something this node cannot read: {detail}")]
     Protocol { url: String, detail: String },
+    #[error("share {share}: {detail}")]
+    Share { share: String, detail: String },
     #[error(transparent)]
     Store(#[from] selves_store::StoreError),
 }
@@ -100,6 +103,7 @@ impl SyncError {
             | SyncError::NotFound { .. } => "protocol",
             SyncError::Conflict { .. } | SyncError::SameNode { .. } => "conflict",
             SyncError::Store(_) => "store",
+            SyncError::Share { .. } => "share",
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct PeerTarget {
 pub struct PeerClient {
     http: reqwest::Client,
     target: PeerTarget,
+    traffic: std::sync::atomic::AtomicU64,
 }
 
 impl PeerClient {
@@ -138,7 +143,11 @@ impl PeerClient {
                 url: target.url.clone(),
                 detail: e.to_string(),
             })?;
-        Ok(PeerClient { http, target })
+        Ok(PeerClient {
+            http,
+            target,
+            traffic: Default::default(),
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -211,9 +220,79 @@ impl PeerClient {
         }
     }
 
+    /// `POST /v1/blobs/wants`.
+    pub async fn blobs_wants(&self, req: &BlobsWantsRequest) -> Result<BlobsWants, SyncError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        let bytes = self.send(self.post(blob_path::WANTS, body)).await?;
+        self.parse(&bytes)
+    }
+
+    /// `POST /v1/blobs/get`: the response, whose body is a blob stream.
+    pub async fn blobs_get(&self, req: &BlobsGet) -> Result<reqwest::Response, SyncError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        self.count(body.len());
+        self.respond(self.post(blob_path::GET, body)).await
+    }
+
+    /// `POST /v1/blobs/put?share=NAME` with a streamed body of frames.
+    pub async fn blobs_put(
+        &self,
+        share: &selves_wire::Name,
+        body: reqwest::Body,
+    ) -> Result<BlobsStored, SyncError> {
+        // A name is URL-safe as it is.
+        let req = self
+            .http
+            .post(format!(
+                "{}{}?share={share}",
+                self.target.url,
+                blob_path::PUT
+            ))
+            .bearer_auth(self.target.token.to_hex())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        let bytes = self.send(req).await?;
+        self.parse(&bytes)
+    }
+
+    /// Bytes of request and response bodies so far (blob streams counted
+    /// by their callers).
+    pub fn traffic(&self) -> u64 {
+        self.traffic.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts body bytes moved.
+    pub fn count(&self, n: usize) {
+        self.traffic
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes, SyncError> {
         let url = self.target.url.clone();
+        if let Some(n) = req
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .and_then(|r| r.body().and_then(|b| b.as_bytes()).map(<[u8]>::len))
+        {
+            self.count(n);
+        }
+        let resp = self.respond(req).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| classify_transport(&url, &e))?;
+        self.count(body.len());
+        Ok(body)
+    }
+
+    /// Sends `req`; a response that is not a success becomes the error it
+    /// says.
+    async fn respond(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, SyncError> {
+        let url = self.target.url.clone();
         let resp = req.send().await.map_err(|e| classify_transport(&url, &e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -224,9 +303,6 @@ impl PeerClient {
             .bytes()
             .await
             .map_err(|e| classify_transport(&url, &e))?;
-        if status.is_success() {
-            return Ok(body);
-        }
         let detail = serde_json::from_slice::<ErrorBody>(&body)
             .map(|b| b.detail.unwrap_or(b.error))
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use selves_share::Engine;
 use selves_store::{Durability, Store};
 use selves_wire::native::{
     Head, Hello, HelloRequest, NodeInfo, PROTOCOL, PullRequest, PushRequest, Range, RecordBatch,
@@ -88,11 +89,18 @@ pub struct SyncReport {
     pub elapsed_ms: u64,
     /// When the last record moved was durable on its receiver.
     pub durable_ms: u64,
+    /// Bytes of request and response bodies, blob streams included.
+    pub bytes: u64,
+    /// The shares synced, each with what it moved or why it stopped.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<crate::shares::ShareSync>,
 }
 
 impl SyncReport {
     pub fn up_to_date(&self) -> bool {
-        self.pulled == 0 && self.pushed == 0
+        self.pulled == 0
+            && self.pushed == 0
+            && self.shares.iter().all(|s| s.pulled == 0 && s.pushed == 0)
     }
 }
 
@@ -126,13 +134,17 @@ impl SyncReport {
             rate_limited: 0,
             elapsed_ms: 0,
             durable_ms: 0,
+            bytes: 0,
+            shares: Vec::new(),
         }
     }
 }
 
-/// Runs one full round with the peer behind `client`.
+/// Runs one full round with the peer behind `client`: memory, then every
+/// share both carry.
 pub async fn sync(
     store: Arc<Store>,
+    engine: &Arc<Engine>,
     client: &PeerClient,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -143,7 +155,7 @@ pub async fn sync(
     // A gap means the peer's heads moved under us (another client relayed
     // the same records): one fresh round settles it.
     for round in 0..2 {
-        match run_round(&store, client, opts, progress, &counters, started).await {
+        match run_round(&store, engine, client, opts, progress, &counters, started).await {
             Ok(r) => {
                 report = Some(match report {
                     None => r,
@@ -159,6 +171,7 @@ pub async fn sync(
     }
     let mut report = report.expect("a round either returned or succeeded");
     counters.fill(&mut report, started);
+    report.bytes = client.traffic();
     Ok(report)
 }
 
@@ -172,6 +185,11 @@ fn merge(a: SyncReport, b: SyncReport) -> SyncReport {
         duplicates: a.duplicates + b.duplicates,
         voided,
         durable_ms: a.durable_ms.max(b.durable_ms),
+        shares: if b.shares.is_empty() {
+            a.shares
+        } else {
+            b.shares
+        },
         ..b
     }
 }
@@ -223,6 +241,7 @@ async fn handshake_counted(
 
 async fn run_round(
     store: &Arc<Store>,
+    engine: &Arc<Engine>,
     client: &PeerClient,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -232,10 +251,22 @@ async fn run_round(
     let hello = handshake_counted(store, client, opts, progress, counters).await?;
     let s = store.clone();
     let ours = blocking(move || Ok(s.heads()?)).await?;
-    let carried = store.streams();
-    let to_pull = ahead(&hello.heads, &ours, |s| carried.contains(s));
-    let to_push = ahead(&ours, &hello.heads, |s| hello.streams.contains(s));
-    progress.planned(remaining(&to_pull), remaining(&to_push));
+    // Memory here; shares after it, by the share engine.
+    let to_pull = ahead(&hello.heads, &ours, StreamName::is_memory);
+    let to_push = ahead(&ours, &hello.heads, |s| {
+        s.is_memory() && hello.streams.contains(s)
+    });
+    let s = store.clone();
+    let carried = blocking(move || Ok(s.streams()?)).await?;
+    let shared = |s: &StreamName| !s.is_memory() && carried.contains(s);
+    let share_pull = remaining(&ahead(&hello.heads, &ours, shared));
+    let share_push = remaining(&ahead(&ours, &hello.heads, |s| {
+        shared(s) && hello.streams.contains(s)
+    }));
+    progress.planned(
+        remaining(&to_pull) + share_pull,
+        remaining(&to_push) + share_push,
+    );
 
     let mut report = SyncReport::new(
         hello.node.name.to_string(),
@@ -269,12 +300,14 @@ async fn run_round(
         &mut report,
     )
     .await?;
+    report.shares =
+        crate::shares::sync_shares(store, engine, client, &hello, opts, progress, counters).await?;
     Ok(report)
 }
 
 /// A (node, stream) to move: records after `after` up to `target`.
 #[derive(Debug, Clone)]
-struct Want {
+pub(crate) struct Want {
     node: NodeId,
     stream: StreamName,
     after: u64,
@@ -282,7 +315,7 @@ struct Want {
 }
 
 /// Where `from` is ahead of `to`, for streams `carry` accepts.
-fn ahead(from: &[Head], to: &[Head], carry: impl Fn(&StreamName) -> bool) -> Vec<Want> {
+pub(crate) fn ahead(from: &[Head], to: &[Head], carry: impl Fn(&StreamName) -> bool) -> Vec<Want> {
     from.iter()
         .filter(|h| carry(&h.stream))
         .filter_map(|h| {
@@ -300,11 +333,11 @@ fn ahead(from: &[Head], to: &[Head], carry: impl Fn(&StreamName) -> bool) -> Vec
         .collect()
 }
 
-fn remaining(wants: &[Want]) -> u64 {
+pub(crate) fn remaining(wants: &[Want]) -> u64 {
     wants.iter().map(|w| w.target - w.after).sum()
 }
 
-fn ranges(wants: &[Want]) -> Vec<Range> {
+pub(crate) fn ranges(wants: &[Want]) -> Vec<Range> {
     wants
         .iter()
         .map(|w| Range {
@@ -317,7 +350,7 @@ fn ranges(wants: &[Want]) -> Vec<Range> {
 
 /// Moves each want past the records in `ends` ((node, stream, last seq))
 /// and drops the finished ones.
-fn advance(wants: &mut Vec<Want>, ends: &[(NodeId, StreamName, u64)]) {
+pub(crate) fn advance(wants: &mut Vec<Want>, ends: &[(NodeId, StreamName, u64)]) {
     for (node, stream, end) in ends {
         if let Some(w) = wants
             .iter_mut()
@@ -329,10 +362,10 @@ fn advance(wants: &mut Vec<Want>, ends: &[(NodeId, StreamName, u64)]) {
     wants.retain(|w| w.after < w.target);
 }
 
-struct Parsed {
-    batches: Vec<RecordBatch>,
-    ends: Vec<(NodeId, StreamName, u64)>,
-    records: u64,
+pub(crate) struct Parsed {
+    pub(crate) batches: Vec<RecordBatch>,
+    pub(crate) ends: Vec<(NodeId, StreamName, u64)>,
+    pub(crate) records: u64,
 }
 
 fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
@@ -359,7 +392,7 @@ fn parse_pull(bytes: &[u8]) -> Result<Parsed, String> {
     Ok(parsed)
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     client: &PeerClient,
     opts: &SyncOptions,
     progress: &dyn Progress,
@@ -617,6 +650,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
             source: std::io::Error::other(e.to_string()),
         })
     })?
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// When to try again after a failure: exponential backoff for what may

@@ -15,11 +15,12 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use selves_store::{AuthOutcome, Store};
+use selves_wire::file::blob_path;
 use selves_wire::native::{
     self, DigestResponse, Hello, HelloRequest, Limits, NodeInfo, PROTOCOL, PullRequest,
     PullResponse, PushResponse, RecordBatch,
 };
-use selves_wire::{Name, Token};
+use selves_wire::{Name, StreamName, Token};
 use tokio::sync::Notify;
 
 use crate::error::ApiError;
@@ -44,6 +45,8 @@ pub(crate) struct App {
     /// Per-token limits of the memex endpoints.
     pub memex_pushes: DefaultKeyedRateLimiter<String>,
     pub memex_pulls: DefaultKeyedRateLimiter<String>,
+    pub engine: Arc<selves_share::Engine>,
+    pub scans: crate::shares::Scans,
 }
 
 /// The memex endpoints' own rates (seeds/memex-sync.md §Rate limits).
@@ -107,6 +110,7 @@ impl Reorder {
 impl App {
     pub fn new(
         store: Arc<Store>,
+        engine: Arc<selves_share::Engine>,
         limits: Limits,
         rate: RateLimit,
         memex: MemexRates,
@@ -123,13 +127,15 @@ impl App {
             index_kick,
             seen: Mutex::new(HashMap::new()),
             reorder: Arc::new(Reorder::default()),
+            engine,
+            scans: crate::shares::Scans::default(),
         }
     }
 }
 
 /// The caller, as authenticated by its token.
 #[derive(Debug, Clone)]
-struct Caller(Name);
+pub(crate) struct Caller(pub Name);
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -137,6 +143,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(native::path::PULL, post(pull))
         .route(native::path::PUSH, post(push))
         .route(native::path::DIGEST, get(digest))
+        .route(blob_path::WANTS, post(crate::shares::wants))
+        .route(blob_path::GET, post(crate::shares::get))
+        .route(blob_path::PUT, post(crate::shares::put))
         .route_layer(middleware::from_fn_with_state(app.clone(), authenticate))
         .merge(crate::memex::router())
         .fallback(|| async { ApiError::NotFound })
@@ -303,12 +312,30 @@ async fn hello(
         .map_err(|e| ApiError::BadRequest(format!("malformed hello: {e}")))?;
     // A caller of another major version gets our hello all the same: it
     // is the caller that refuses, with an upgrade message.
-    let store = app.store.clone();
-    let (heads, nodes) = blocking(move || {
+    let a = app.clone();
+    let (heads, nodes, streams) = blocking(move || {
+        let store = &a.store;
         if req.node.id != store.me().id {
             store.learn_nodes(std::slice::from_ref(&req.node))?;
         }
-        Ok((store.heads()?, store.known_nodes()?))
+        // A peer about to pull sees what changed in the folders.
+        crate::shares::scan_for_peer(&a.engine, store, &a.scans)?;
+        let carried = store.streams()?;
+        let heads = store
+            .heads()?
+            .into_iter()
+            .filter(|h| carried.contains(&h.stream))
+            .collect();
+        // What this node takes pushes for: memory, and shares it receives.
+        let mut accepts = vec![StreamName::memory()];
+        accepts.extend(
+            store
+                .shares()?
+                .into_iter()
+                .filter(|s| s.mode.receives())
+                .map(|s| s.stream),
+        );
+        Ok((heads, store.known_nodes()?, accepts))
     })
     .await?;
     let me = app.store.me();
@@ -320,7 +347,7 @@ async fn hello(
             name: me.name.clone(),
         },
         you,
-        streams: app.store.streams(),
+        streams,
         heads,
         nodes,
         limits: app.limits,
@@ -374,9 +401,10 @@ async fn push(
     let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
     let max_records = app.limits.max_push_records as usize;
     let store = app.store.clone();
+    let engine = app.engine.clone();
     let started = Instant::now();
     let reorder = app.reorder.clone();
-    let summary = blocking(move || {
+    let (summary, shared) = blocking(move || {
         let (batches, _) = native::parse_batches(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("malformed push request: {e}")))?;
         let n: usize = batches.iter().map(|b| b.records.len()).sum();
@@ -389,10 +417,20 @@ async fn push(
             return Err(ApiError::BadRequest("records are numbered from 1".into()));
         }
         reorder.wait_for_predecessors(&store, &batches)?;
+        let (memory, shared): (Vec<_>, Vec<_>) =
+            batches.into_iter().partition(|b| b.stream.is_memory());
         // The answer acknowledges these records: they must be on disk first.
-        let summary = store.apply(batches, selves_store::Durability::Full);
+        let summary = store.apply(memory, selves_store::Durability::Full);
+        let shared = summary
+            .as_ref()
+            .ok()
+            .map(|_| crate::shares::apply_pushed(&engine, &store, shared));
         reorder.applied();
-        Ok(summary?)
+        let summary = summary?;
+        Ok((
+            summary,
+            shared.expect("set when the memory batches applied")?,
+        ))
     })
     .await?;
     if summary.changed_rows > 0 {
@@ -406,11 +444,15 @@ async fn push(
         ms = started.elapsed().as_millis() as u64,
         "push applied"
     );
+    let mut voided = summary.voided;
+    voided.extend(shared.voided);
+    let mut heads = summary.heads;
+    heads.extend(shared.heads);
     Ok(Json(PushResponse {
-        accepted: summary.accepted,
-        duplicates: summary.duplicates,
-        voided: summary.voided,
-        heads: summary.heads,
+        accepted: summary.accepted + shared.accepted,
+        duplicates: summary.duplicates + shared.duplicates,
+        voided,
+        heads,
     }))
 }
 

@@ -14,6 +14,7 @@ pub mod api;
 pub mod error;
 mod indexer;
 mod memex;
+mod shares;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -101,12 +102,14 @@ pub fn tls_config(
 pub async fn run(
     listener: TcpListener,
     store: Arc<Store>,
+    engine: Arc<selves_share::Engine>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let kick = Arc::new(Notify::new());
     let app = Arc::new(api::App::new(
         store.clone(),
+        engine,
         config.limits,
         config.rate,
         config.memex,

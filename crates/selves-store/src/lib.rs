@@ -20,6 +20,7 @@ pub mod memory;
 pub mod peers;
 pub mod schema;
 pub mod search;
+pub mod shares;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,9 @@ pub use memex::ArrivalPage;
 pub use memory::{CaptureOptions, CaptureSummary};
 pub use peers::{Attempt, AuthOutcome, Protocol, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};
+pub use shares::{
+    FileEntry, Held, Layout, Received, Seen, Share, ShareChange, ShareCommit, ShareMode,
+};
 
 /// Milliseconds since the Unix epoch. Callers pass the time in, so tests
 /// control it.
@@ -83,6 +87,14 @@ pub enum StoreError {
     NoSuchPeer(String),
     #[error("a remote named {0} already exists: remove it first with `selves peer remove {0}`")]
     RemoteExists(Name),
+    #[error("a share named {0} already exists (see `selves share list`)")]
+    ShareExists(Name),
+    #[error(
+        "a share named {name} was removed earlier with root {old}: add it back with that root, or choose another name"
+    )]
+    ShareRootChanged { name: Name, old: String },
+    #[error("no share named {0} (see `selves share list`)")]
+    NoSuchShare(String),
 }
 
 impl From<rusqlite::types::FromSqlError> for StoreError {
@@ -401,9 +413,11 @@ impl Store {
             }
         }
         let dangling: i64 = r.query_row(
-            "SELECT COUNT(*) FROM records r LEFT JOIN messages m ON m.id = r.target
-             WHERE r.target IS NOT NULL AND m.id IS NULL",
-            [],
+            "SELECT COUNT(*) FROM records r
+             WHERE r.target IS NOT NULL AND CASE
+                WHEN r.stream = ?1 THEN NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.target)
+                ELSE NOT EXISTS (SELECT 1 FROM files f WHERE f.id = r.target) END",
+            [self.streams.memory],
             |row| row.get(0),
         )?;
         if dangling > 0 {
@@ -411,8 +425,8 @@ impl Store {
         }
         let orphans: i64 = r.query_row(
             "SELECT COUNT(*) FROM messages m WHERE m.key IS NOT NULL
-             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.target = m.id)",
-            [],
+             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.stream = ?1 AND r.target = m.id)",
+            [self.streams.memory],
             |row| row.get(0),
         )?;
         if orphans > 0 {

@@ -50,7 +50,7 @@ pub(crate) fn stream_index(conn: &Connection, stream: &StreamName) -> Result<i64
     }
 }
 
-fn head_of(conn: &Connection, node: i64, stream: i64) -> Result<u64> {
+pub(crate) fn head_of(conn: &Connection, node: i64, stream: i64) -> Result<u64> {
     let seq: Option<i64> = conn
         .prepare_cached("SELECT seq FROM heads WHERE node = ?1 AND stream = ?2")?
         .query_row(params![node, stream], |r| r.get(0))
@@ -58,7 +58,7 @@ fn head_of(conn: &Connection, node: i64, stream: i64) -> Result<u64> {
     Ok(seq.unwrap_or(0) as u64)
 }
 
-fn set_head(conn: &Connection, node: i64, stream: i64, seq: u64) -> Result<()> {
+pub(crate) fn set_head(conn: &Connection, node: i64, stream: i64, seq: u64) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO heads (node, stream, seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (node, stream) DO UPDATE SET seq = excluded.seq",
@@ -67,7 +67,7 @@ fn set_head(conn: &Connection, node: i64, stream: i64, seq: u64) -> Result<()> {
     Ok(())
 }
 
-const INSERT_RECORD: &str =
+pub(crate) const INSERT_RECORD: &str =
     "INSERT INTO records (node, stream, seq, target, void) VALUES (?1, ?2, ?3, ?4, ?5)";
 
 /// Appends to this node's own log within one transaction.
@@ -143,21 +143,27 @@ pub fn approx_record_bytes(rec: &Record) -> usize {
                     .and_then(|c| c.title.as_ref())
                     .map_or(0, String::len)
         }
+        Record::File(f) => 300 + f.path.as_str().len() + 40 * f.vv.0.len(),
         Record::Void(why) => 16 + why.len(),
     }
 }
 
 impl Store {
-    /// The streams this node carries.
-    pub fn streams(&self) -> Vec<StreamName> {
-        vec![StreamName::memory()]
+    /// The streams this node carries: memory and one per share.
+    pub fn streams(&self) -> Result<Vec<StreamName>> {
+        let mut out = vec![StreamName::memory()];
+        out.extend(self.shares()?.into_iter().map(|s| s.stream));
+        Ok(out)
     }
 
+    /// The local index of a carried stream.
     fn carried(&self, stream: &StreamName) -> Result<i64> {
         if stream.is_memory() {
-            Ok(self.streams.memory)
-        } else {
-            Err(StoreError::UnknownStream(stream.clone()))
+            return Ok(self.streams.memory);
+        }
+        match self.share_of(stream)? {
+            Some(share) => Ok(share.stream_idx),
+            None => Err(StoreError::UnknownStream(stream.clone())),
         }
     }
 
@@ -228,7 +234,12 @@ impl Store {
             let mut insert_record = tx.prepare_cached(INSERT_RECORD)?;
             let mut touched = BTreeMap::new();
             for batch in batches {
-                let stream = self.carried(&batch.stream)?;
+                if !batch.stream.is_memory() {
+                    // Share records are resolved against the folder by the
+                    // share engine, which commits them with commit_share.
+                    return Err(StoreError::UnknownStream(batch.stream));
+                }
+                let stream = self.streams.memory;
                 let len = batch.records.len() as u64;
                 if len == 0 {
                     continue;
@@ -263,6 +274,9 @@ impl Store {
                         continue;
                     }
                     let (target, void) = match record {
+                        Record::File(_) => {
+                            (None, Some("a file version in the memory stream".into()))
+                        }
                         Record::Row(mut row) => {
                             normalise(&mut row);
                             match row.validate() {
@@ -332,6 +346,10 @@ impl Store {
              WHERE r.node = ?1 AND r.stream = ?2 AND r.seq > ?3
              ORDER BY r.seq LIMIT ?4"
         ))?;
+        let mut files_stmt = r.prepare_cached(
+            "SELECT r.seq, r.void, r.target FROM records r
+             WHERE r.node = ?1 AND r.stream = ?2 AND r.seq > ?3 ORDER BY r.seq LIMIT ?4",
+        )?;
         'ranges: for range in ranges {
             let stream = self.carried(&range.stream)?;
             let node: Option<i64> = r
@@ -340,15 +358,23 @@ impl Store {
                 .optional()?;
             let Some(node) = node else { continue };
             let budget = max_records - out.records;
-            let mut rows =
-                stmt.query(params![node, stream, range.after as i64, budget as i64 + 1])?;
+            let memory = range.stream.is_memory();
+            let query = params![node, stream, range.after as i64, budget as i64 + 1];
+            let mut rows = if memory {
+                stmt.query(query)?
+            } else {
+                files_stmt.query(query)?
+            };
             let mut batch: Option<RecordBatch> = None;
             while let Some(row) = rows.next()? {
                 let seq = row.get::<_, i64>(0)? as u64;
                 let void: Option<String> = row.get(1)?;
                 let record = match void {
                     Some(why) => Record::Void(why),
-                    None => Record::Row(Box::new(read_row(row, 2)?)),
+                    None if memory => Record::Row(Box::new(read_row(row, 2)?)),
+                    // A share record serves its path's current version.
+                    None => Store::served_file(&r, row.get(2)?)?
+                        .unwrap_or_else(|| Record::Void("the file entry is missing".into())),
                 };
                 let size = approx_record_bytes(&record);
                 if out.records >= max_records || (out.records > 0 && bytes + size > max_bytes) {

@@ -131,6 +131,57 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE remotes ADD COLUMN pulled_to INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE remotes ADD COLUMN pushed_to INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: shares (docs/shares.md). A share record points at the `files` row
+    // of its path, as a memory record points at its message.
+    r#"
+    CREATE TABLE shares (
+        id         INTEGER PRIMARY KEY,
+        name       TEXT NOT NULL UNIQUE,
+        root       TEXT NOT NULL,
+        mode       TEXT NOT NULL,
+        layout     TEXT NOT NULL,
+        stream     INTEGER NOT NULL,
+        added_at   INTEGER NOT NULL,
+        removed_at INTEGER
+    );
+
+    -- The current version of each path. `origin` is 0 in the flat layout
+    -- and the author's node index in the per-origin one. `seen_*` is the
+    -- file on disk as last seen matching this version (NULL: not on disk).
+    CREATE TABLE files (
+        id            INTEGER PRIMARY KEY,
+        share         INTEGER NOT NULL,
+        origin        INTEGER NOT NULL,
+        path          TEXT NOT NULL,
+        vv            TEXT NOT NULL,
+        deleted       INTEGER NOT NULL,
+        blob          BLOB,
+        size          INTEGER NOT NULL,
+        mtime         INTEGER NOT NULL,
+        author        TEXT NOT NULL,
+        parent        BLOB,
+        append_from   INTEGER,
+        seen_size     INTEGER,
+        seen_mtime_ns INTEGER,
+        seen_ino      INTEGER,
+        UNIQUE (share, origin, path)
+    );
+    -- A file already holding some content (a rename needs no transfer),
+    -- and whether a share references a blob (what a peer may fetch).
+    CREATE INDEX files_blob ON files (share, blob) WHERE blob IS NOT NULL;
+    CREATE INDEX files_parent ON files (share, parent) WHERE parent IS NOT NULL;
+
+    -- Paths not synced, and why: a local file that looks like a secret, a
+    -- remote name refused, a symlink on the way.
+    CREATE TABLE held (
+        share  INTEGER NOT NULL,
+        path   TEXT NOT NULL,
+        kind   TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since  INTEGER NOT NULL,
+        PRIMARY KEY (share, path)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,10 @@
 //!   [`StreamName`], [`CertFingerprint`]).
 //! - [`native`]: the native sync protocol (heads and record ranges).
 //! - [`pair`]: the `selves-pair:` blob a hub prints and a spoke pastes.
+//! - [`file`]: share paths ([`file::RelPath`]), version vectors, file versions.
+//! - [`memex`]: memex v12 compatibility.
 
+pub mod file;
 pub mod ids;
 pub mod memex;
 pub mod native;

@@ -117,7 +117,10 @@ pub struct RecordBatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Record {
+    /// A memory row (stream `memory`).
     Row(Box<Row>),
+    /// A file version (stream `share:<name>`).
+    File(Box<crate::file::FileVersion>),
     Void(String),
 }
 
@@ -195,6 +198,10 @@ fn check_record(record: &mut Record) {
         Record::Row(row) => match row.validate() {
             Err(e) => e.to_string(),
             Ok(()) if row.msg_id.is_none() => LOCAL_ONLY.to_owned(),
+            Ok(()) => return,
+        },
+        Record::File(file) => match file.check() {
+            Err(e) => e.to_owned(),
             Ok(()) => return,
         },
         Record::Void(_) => return,

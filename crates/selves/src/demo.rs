@@ -31,13 +31,19 @@ pub struct DemoArgs {
 struct Node {
     home: Home,
     store: Arc<Store>,
+    engine: Arc<selves_share::Engine>,
 }
 
 impl Node {
     fn new(base: &std::path::Path, name: &str) -> anyhow::Result<Node> {
         let home = home::init(&base.join(name), name.parse()?)?;
         let store = home.open_store()?;
-        Ok(Node { home, store })
+        let engine = home.open_engine(&store)?;
+        Ok(Node {
+            home,
+            store,
+            engine,
+        })
     }
 
     fn name(&self) -> String {
@@ -173,6 +179,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let server = tokio::spawn(selves_server::run(
             listener,
             vps.store.clone(),
+            vps.engine.clone(),
             config,
             async {
                 let _ = stopped.await;
@@ -246,13 +253,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
         println!("\n4. sync: laptop ↔ vps, then phone ↔ vps (the phone never talks to the laptop)");
         let opts = SyncOptions::default();
-        let r =
-            selves_client::sync(laptop.store.clone(), laptop_client, &opts, &NoProgress).await?;
+        let r = selves_client::sync(
+            laptop.store.clone(),
+            &laptop.engine,
+            laptop_client,
+            &opts,
+            &NoProgress,
+        )
+        .await?;
         say("laptop", &r);
-        let r = selves_client::sync(phone.store.clone(), phone_client, &opts, &NoProgress).await?;
+        let r = selves_client::sync(
+            phone.store.clone(),
+            &phone.engine,
+            phone_client,
+            &opts,
+            &NoProgress,
+        )
+        .await?;
         say("phone", &r);
-        let r =
-            selves_client::sync(laptop.store.clone(), laptop_client, &opts, &NoProgress).await?;
+        let r = selves_client::sync(
+            laptop.store.clone(),
+            &laptop.engine,
+            laptop_client,
+            &opts,
+            &NoProgress,
+        )
+        .await?;
         say("laptop", &r);
 
         println!("\n5. the same message edited on two machines at once");
@@ -273,8 +299,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         laptop.capture(vec![on_laptop])?;
         phone.capture(vec![on_phone])?;
         for _ in 0..2 {
-            selves_client::sync(laptop.store.clone(), laptop_client, &opts, &NoProgress).await?;
-            selves_client::sync(phone.store.clone(), phone_client, &opts, &NoProgress).await?;
+            selves_client::sync(
+                laptop.store.clone(),
+                &laptop.engine,
+                laptop_client,
+                &opts,
+                &NoProgress,
+            )
+            .await?;
+            selves_client::sync(
+                phone.store.clone(),
+                &phone.engine,
+                phone_client,
+                &opts,
+                &NoProgress,
+            )
+            .await?;
         }
         for n in [&laptop, &vps, &phone] {
             let row = n

@@ -111,6 +111,13 @@ impl Home {
         Ok(Arc::new(store))
     }
 
+    /// The share engine over `store`, with its blob store in this home.
+    pub fn open_engine(&self, store: &Arc<Store>) -> anyhow::Result<Arc<selves_share::Engine>> {
+        let engine = selves_share::Engine::new(store.clone(), &self.dir)
+            .with_context(|| format!("cannot open the blob store in {}", self.dir.display()))?;
+        Ok(Arc::new(engine))
+    }
+
     pub fn cert_path(&self) -> PathBuf {
         self.dir.join("tls").join("cert.pem")
     }

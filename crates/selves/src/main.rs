@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
     version,
     about = "Keeps an AI assistant's memory converged across every machine it runs on",
     long_about = "Keeps an AI assistant's memory converged across every machine it runs on.\n\n\
-        Each node keeps a full local copy in SQLite and syncs with its peers over pinned HTTPS.\n\
+        Each node keeps a full local copy of memory in SQLite and syncs it, and the folders it\n\
+        shares, with its peers over pinned HTTPS.\n\
         The node lives in SELVES_HOME (default ~/.selves).",
     after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, \
         5 peer unreachable, 6 certificate refused, 7 protocol version mismatch."
@@ -57,8 +58,13 @@ enum Command {
     Export(commands::memory::ExportArgs),
     /// Full-text search over memory
     Search(commands::memory::SearchArgs),
-    /// Sync with a peer (or all peers), both directions
+    /// Sync with a peer (or all peers), both directions: memory and shares
     Sync(commands::sync::SyncArgs),
+    /// Folders this node syncs with its peers
+    #[command(subcommand)]
+    Share(commands::shares::ShareCommand),
+    /// Conflict copies and files held back, with their paths
+    Conflicts(commands::shares::ConflictsArgs),
     /// Check that this node and a peer hold the same memory
     Verify(commands::sync::VerifyArgs),
     /// This node, its memory, heads and peers
@@ -99,6 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => commands::memory::export(home, a),
         Command::Search(a) => commands::memory::search(home, a),
         Command::Sync(a) => commands::sync::sync(home, a),
+        Command::Share(c) => commands::shares::share(home, c),
+        Command::Conflicts(a) => commands::shares::conflicts(home, a),
         Command::Verify(a) => commands::sync::verify(home, a),
         Command::Status(a) => commands::node::status(home, a),
         Command::Check(a) => commands::node::check(home, a),

@@ -5,4 +5,5 @@ pub mod memory;
 pub mod node;
 pub mod peers;
 pub mod serve;
+pub mod shares;
 pub mod sync;

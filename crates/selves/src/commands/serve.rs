@@ -110,6 +110,7 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
     let tls = selves_server::tls_config(home.certificate()?, home.private_key()?)
         .context("cannot load the node's certificate and key")?;
     let store = home.open_store()?;
+    let engine = home.open_engine(&store)?;
     let fingerprint = home.fingerprint()?;
     let listener = std::net::TcpListener::bind(&listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -136,7 +137,7 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
             max_connections: 256,
             software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
         };
-        selves_server::run(listener, store, config, shutdown_signal()).await?;
+        selves_server::run(listener, store, engine, config, shutdown_signal()).await?;
         eprintln!("selves: stopped");
         anyhow::Ok(())
     })

@@ -32,6 +32,10 @@ pub struct SyncArgs {
     /// Tries per request when a failure may pass (network, server errors)
     #[arg(long, default_value_t = 5, value_name = "N")]
     attempts: u32,
+    /// Send the deletions even if more than half of a share's files are
+    /// gone at once (a share stops instead, by default)
+    #[arg(long)]
+    allow_mass_delete: bool,
 }
 
 #[derive(Serialize)]
@@ -80,6 +84,10 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
     let remotes = chosen(&store, args.peer, args.all)?;
+    let engine = home.open_engine(&store)?;
+    // What changed in the folders goes out in this round.
+    let mut share_failed =
+        !crate::commands::shares::scan_all(&engine, &store, args.allow_mass_delete)?;
     let opts = SyncOptions {
         batch_records: args.batch,
         attempts: args.attempts.max(1),
@@ -89,7 +97,12 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let mut first_failure = None;
     for remote in remotes {
-        let result = sync_one(&rt, &store, &remote, &opts);
+        let result = sync_one(&rt, &store, &engine, &remote, &opts);
+        share_failed |= result
+            .0
+            .report
+            .as_ref()
+            .is_some_and(|r| r.shares.iter().any(|s| s.error.is_some()));
         if !args.json {
             print_result(&result);
         }
@@ -101,8 +114,12 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     if args.json {
         output::print_json(&results)?;
     }
+    if let Err(e) = engine.prune_blobs() {
+        tracing::warn!(error = %e, "could not prune the blob store");
+    }
     match first_failure {
         Some(code) => Err(Exit(code).into()),
+        None if share_failed => Err(Exit(code::FAILED).into()),
         None => Ok(()),
     }
 }
@@ -110,6 +127,7 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
 fn sync_one(
     rt: &tokio::runtime::Runtime,
     store: &Arc<Store>,
+    engine: &Arc<selves_share::Engine>,
     remote: &Remote,
     opts: &SyncOptions,
 ) -> (PeerResult, Option<u8>) {
@@ -117,7 +135,13 @@ fn sync_one(
     let started = Instant::now();
     let bar = SyncBar::new(&alias);
     let outcome = PeerClient::new(target(remote)).and_then(|client| match remote.protocol {
-        Protocol::Selves => rt.block_on(selves_client::sync(store.clone(), &client, opts, &bar)),
+        Protocol::Selves => rt.block_on(selves_client::sync(
+            store.clone(),
+            engine,
+            &client,
+            opts,
+            &bar,
+        )),
         Protocol::Memex => rt.block_on(selves_client::sync_memex(
             store.clone(),
             &client,
@@ -189,10 +213,29 @@ fn print_result((result, _): &(PeerResult, Option<u8>)) {
         if r.up_to_date() {
             println!("{}: already in sync ({} ms)", result.peer, r.elapsed_ms);
         } else {
-            println!(
-                "{}: pulled {} records, pushed {} ({} rows changed here) in {} ms",
-                result.peer, r.pulled, r.pushed, r.changed_rows, r.elapsed_ms
-            );
+            println!("{}: synced in {} ms", result.peer, r.elapsed_ms);
+            if r.pulled + r.pushed > 0 {
+                println!(
+                    "  memory: pulled {} records, pushed {} ({} rows changed here)",
+                    r.pulled, r.pushed, r.changed_rows
+                );
+            }
+        }
+        for sh in &r.shares {
+            match &sh.error {
+                Some(e) => eprintln!("{}: {e}", result.peer),
+                None if sh.pulled + sh.pushed > 0 => println!(
+                    "  share {}: pulled {} versions ({} contents, {}), pushed {} ({} contents, {})",
+                    sh.share,
+                    sh.pulled,
+                    sh.blobs_in,
+                    output::bytes(sh.blob_bytes_in),
+                    sh.pushed,
+                    sh.blobs_out,
+                    output::bytes(sh.blob_bytes_out)
+                ),
+                None => {}
+            }
         }
         for why in r.refused.iter().take(10) {
             eprintln!("note: a row from {} was refused: {why}", result.peer);

@@ -205,7 +205,8 @@ fn help_lists_the_commands() {
     expect_test::expect![[r#"
         Keeps an AI assistant's memory converged across every machine it runs on.
 
-        Each node keeps a full local copy in SQLite and syncs with its peers over pinned HTTPS.
+        Each node keeps a full local copy of memory in SQLite and syncs it, and the folders it
+        shares, with its peers over pinned HTTPS.
         The node lives in SELVES_HOME (default ~/.selves).
 
         Usage: selves [OPTIONS] <COMMAND>
@@ -221,7 +222,9 @@ fn help_lists_the_commands() {
           import        Import rows (JSON lines, the memex Row shape) into memory
           export        Print every row as JSON lines, in a stable order
           search        Full-text search over memory
-          sync          Sync with a peer (or all peers), both directions
+          sync          Sync with a peer (or all peers), both directions: memory and shares
+          share         Folders this node syncs with its peers
+          conflicts     Conflict copies and files held back, with their paths
           verify        Check that this node and a peer hold the same memory
           status        This node, its memory, heads and peers
           check         Check the database and the record logs for damage

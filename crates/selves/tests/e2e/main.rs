@@ -9,4 +9,5 @@ mod memex_peer;
 mod protocol;
 mod scripted;
 mod security;
+mod shares;
 mod sync;
