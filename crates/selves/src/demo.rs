@@ -1,6 +1,7 @@
 //! `selves demo`: three real nodes in a temporary directory, a hub serving
 //! HTTPS on loopback and two spokes paired with it, syncing real rows
-//! through real SQLite files. Narrates what happens and checks the result.
+//! through real SQLite files, and a knowledge folder edited on two of
+//! them. Narrates what happens and checks the result.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use anyhow::{Context as _, ensure};
 use clap::Args;
 use selves_client::{NoProgress, PeerClient, SyncOptions, SyncReport};
 use selves_server::{DEFAULT_LIMITS, DEFAULT_MEMEX_RATES, DEFAULT_RATE, ServerConfig};
-use selves_store::{CaptureOptions, SearchQuery, Store};
+use selves_store::{CaptureOptions, Layout, SearchQuery, Share, ShareMode, Store};
 use selves_wire::pair::PairBlob;
 use selves_wire::{ConversationMeta, Row};
 
@@ -324,7 +325,79 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("   {:<7} holds: {}", n.name(), row.text);
         }
 
-        println!("\n6. search on the phone for what the laptop learned");
+        println!("\n6. a knowledge folder edited on two machines (share `knowledge`, two-way)");
+        let nodes = [(&laptop, laptop_client), (&phone, phone_client)];
+        let mut folders = Vec::new();
+        for n in [&vps, &laptop, &phone] {
+            let dir = base.join(format!("{}-knowledge", n.name()));
+            std::fs::create_dir_all(&dir)?;
+            let share = n.store.add_share(
+                &"knowledge".parse()?,
+                std::fs::canonicalize(&dir)?,
+                ShareMode::TwoWay,
+                Layout::Flat,
+                now_ms(),
+            )?;
+            folders.push((n, share, dir));
+        }
+        let note = |n: usize| folders[n].2.join("infra.md");
+        std::fs::write(
+            note(1),
+            "# Infra\n\nstaging db: port 5433\nbackups: nightly\nprod db: port 5432\n",
+        )?;
+        knowledge_round(&folders, &nodes).await?;
+        println!("   laptop wrote infra.md; after a sync the phone has it too");
+        edit(&note(1), "staging db: port 5433", "staging db: port 6543")?;
+        edit(
+            &note(2),
+            "prod db: port 5432",
+            "prod db: port 5432 (read replica on 5434)",
+        )?;
+        knowledge_round(&folders, &nodes).await?;
+        println!("   laptop and phone edit lines 3 and 5 of it at once: merged on every node");
+        for line in std::fs::read_to_string(note(0))?.lines().skip(2) {
+            println!("     vps infra.md │ {line}");
+        }
+        edit(
+            &note(1),
+            "backups: nightly",
+            "backups: nightly, kept 30 days",
+        )?;
+        edit(&note(2), "backups: nightly", "backups: hourly")?;
+        knowledge_round(&folders, &nodes).await?;
+        println!("   both change the same line: one stays, the other is kept beside it");
+        for (n, share, _) in &folders {
+            let files = n.store.share_files(share)?;
+            let names: Vec<&str> = files
+                .iter()
+                .filter(|f| !f.version.deleted)
+                .map(|f| f.version.path.as_str())
+                .collect();
+            println!("     {:<7} {}", n.name(), names.join("  "));
+            ensure!(
+                names.len() == 2,
+                "{} should hold the note and one conflict copy",
+                n.name()
+            );
+        }
+        let held = |n: usize| -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+            let mut files = Vec::new();
+            for e in std::fs::read_dir(&folders[n].2)? {
+                let e = e?;
+                files.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path())?,
+                ));
+            }
+            files.sort();
+            Ok(files)
+        };
+        ensure!(
+            held(0)? == held(1)? && held(1)? == held(2)?,
+            "the three knowledge folders should hold the same files"
+        );
+
+        println!("\n7. search on the phone for what the laptop learned");
         let hits = phone.store.search(&SearchQuery {
             text: "staging 5433".into(),
             origin: Some("laptop".into()),
@@ -341,7 +414,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         ensure!(!hits.is_empty(), "the phone should find the laptop's note");
 
-        println!("\n7. verify: heads and an order-independent digest of the memory");
+        println!("\n8. verify: heads and an order-independent digest of the memory");
         let (vh, vd) = vps.store.digest()?;
         for n in [&laptop, &phone] {
             let (h, d) = n.store.digest()?;
@@ -366,6 +439,33 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "\nall three nodes converged in {:.1} s. Try it for real: README.md, \"Two machines\".",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Captures each spoke's folder, then syncs laptop, phone, laptop through
+/// the vps: what one spoke changed reaches the other.
+async fn knowledge_round(
+    folders: &[(&Node, Share, PathBuf)],
+    spokes: &[(&Node, &PeerClient); 2],
+) -> anyhow::Result<()> {
+    for (n, share, _) in folders {
+        n.engine.scan(share, false, now_ms())?;
+    }
+    let opts = SyncOptions::default();
+    for (n, client) in [spokes[0], spokes[1], spokes[0]] {
+        let r = selves_client::sync(n.store.clone(), &n.engine, client, &opts, &NoProgress).await?;
+        if let Some(e) = r.shares.iter().find_map(|s| s.error.as_ref()) {
+            anyhow::bail!("{}: share sync stopped: {e}", n.name());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces one line of a note, as an editor would.
+fn edit(path: &std::path::Path, line: &str, with: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    ensure!(text.contains(line), "{} lacks {line:?}", path.display());
+    std::fs::write(path, text.replacen(line, with, 1))?;
     Ok(())
 }
 

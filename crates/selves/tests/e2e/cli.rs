@@ -277,4 +277,20 @@ fn the_demo_runs_and_converges() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v["memory"]["rows"], 304);
+    // The knowledge folders hold the merge and one conflict copy, alike.
+    let vps = dir.path().join("demo/vps-knowledge");
+    let merged = std::fs::read_to_string(vps.join("infra.md")).unwrap();
+    assert!(merged.contains("staging db: port 6543"), "{merged}");
+    assert!(merged.contains("read replica on 5434"), "{merged}");
+    let mut names: Vec<String> = std::fs::read_dir(&vps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].starts_with("infra.conflict-"), "{names:?}");
+    let copy = std::fs::read_to_string(vps.join(&names[0])).unwrap();
+    let both = format!("{merged}{copy}");
+    assert!(both.contains("backups: hourly"), "{both}");
+    assert!(both.contains("backups: nightly, kept 30 days"), "{both}");
 }
