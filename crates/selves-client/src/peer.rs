@@ -165,6 +165,14 @@ impl PeerClient {
         self.parse(&bytes)
     }
 
+    /// `GET /v1/changes?after=N`: waits (up to the server's limit) for the
+    /// peer's log version to differ from `after`, and returns it.
+    pub async fn changes(&self, after: u64) -> Result<u64, SyncError> {
+        let path = format!("{}?after={after}", native::path::CHANGES);
+        let bytes = self.send(self.get(&path)).await?;
+        Ok(self.parse::<native::Changes>(&bytes)?.version)
+    }
+
     /// The raw pull response, parsed by the caller off the async threads.
     pub async fn pull(&self, req: &PullRequest) -> Result<bytes::Bytes, SyncError> {
         let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;

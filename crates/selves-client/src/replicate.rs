@@ -94,6 +94,10 @@ pub struct SyncReport {
     /// The shares synced, each with what it moved or why it stopped.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<crate::shares::ShareSync>,
+    /// The memory heads the peer holds after the round: what it had, and
+    /// what this round pushed.
+    #[serde(skip)]
+    pub peer_heads: Vec<Head>,
 }
 
 impl SyncReport {
@@ -136,6 +140,7 @@ impl SyncReport {
             durable_ms: 0,
             bytes: 0,
             shares: Vec::new(),
+            peer_heads: Vec::new(),
         }
     }
 }
@@ -287,6 +292,7 @@ async fn run_round(
     )
     .await?;
     let push_records = batch_records.min(hello.limits.max_push_records).max(1);
+    let to_push_targets = to_push.clone();
     push_all(
         store,
         client,
@@ -300,6 +306,36 @@ async fn run_round(
         &mut report,
     )
     .await?;
+    report.peer_heads = hello
+        .heads
+        .iter()
+        .filter(|h| h.stream.is_memory())
+        .map(|h| {
+            let pushed = to_push_targets
+                .iter()
+                .find(|w| w.node == h.node && w.stream == h.stream)
+                .map_or(0, |w| w.target);
+            Head {
+                seq: h.seq.max(pushed),
+                ..h.clone()
+            }
+        })
+        .chain(
+            to_push_targets
+                .iter()
+                .filter(|w| {
+                    !hello
+                        .heads
+                        .iter()
+                        .any(|h| h.node == w.node && h.stream == w.stream)
+                })
+                .map(|w| Head {
+                    node: w.node.clone(),
+                    stream: w.stream.clone(),
+                    seq: w.target,
+                }),
+        )
+        .collect();
     report.shares =
         crate::shares::sync_shares(store, engine, client, &hello, opts, progress, counters).await?;
     Ok(report)

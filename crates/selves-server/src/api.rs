@@ -47,6 +47,9 @@ pub(crate) struct App {
     pub memex_pulls: DefaultKeyedRateLimiter<String>,
     pub engine: Arc<selves_share::Engine>,
     pub scans: crate::shares::Scans,
+    pub changes: crate::ChangeFeed,
+    /// Turns true when the server stops (long polls answer at once).
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The memex endpoints' own rates (seeds/memex-sync.md §Rate limits).
@@ -111,24 +114,25 @@ impl App {
     pub fn new(
         store: Arc<Store>,
         engine: Arc<selves_share::Engine>,
-        limits: Limits,
-        rate: RateLimit,
-        memex: MemexRates,
-        software: String,
+        config: &crate::ServerConfig,
         index_kick: Arc<Notify>,
+        changes: crate::ChangeFeed,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         App {
             store,
-            limits,
-            software,
-            limiter: keyed(rate),
-            memex_pushes: keyed(memex.pushes),
-            memex_pulls: keyed(memex.pulls),
+            limits: config.limits,
+            software: config.software.clone(),
+            limiter: keyed(config.rate),
+            memex_pushes: keyed(config.memex.pushes),
+            memex_pulls: keyed(config.memex.pulls),
             index_kick,
             seen: Mutex::new(HashMap::new()),
             reorder: Arc::new(Reorder::default()),
             engine,
             scans: crate::shares::Scans::default(),
+            changes,
+            stopping,
         }
     }
 }
@@ -143,6 +147,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(native::path::PULL, post(pull))
         .route(native::path::PUSH, post(push))
         .route(native::path::DIGEST, get(digest))
+        .route(native::path::CHANGES, get(changes))
         .route(blob_path::WANTS, post(crate::shares::wants))
         .route(blob_path::GET, post(crate::shares::get))
         .route(blob_path::PUT, post(crate::shares::put))
@@ -433,6 +438,7 @@ async fn push(
         ))
     })
     .await?;
+    app.changes.poke();
     if summary.changed_rows > 0 {
         app.index_kick.notify_one();
     }
@@ -454,6 +460,39 @@ async fn push(
         voided,
         heads,
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// The long poll: answers when the log version differs from `after`, or
+/// after [`native::CHANGES_WAIT_SECS`] (or when the server stops) with it
+/// unchanged.
+async fn changes(
+    State(app): State<Arc<App>>,
+    query: Result<axum::extract::Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<native::Changes>, ApiError> {
+    let q = query
+        .map_err(|e| ApiError::BadRequest(format!("after must be a number: {e}")))?
+        .0;
+    let mut versions = app.changes.subscribe();
+    let mut stopping = app.stopping.clone();
+    let deadline = tokio::time::sleep(Duration::from_secs(native::CHANGES_WAIT_SECS));
+    tokio::pin!(deadline);
+    loop {
+        let version = *versions.borrow_and_update();
+        if version != q.after || *stopping.borrow() {
+            return Ok(Json(native::Changes { version }));
+        }
+        tokio::select! {
+            r = versions.changed() => if r.is_err() { return Ok(Json(native::Changes { version })) },
+            _ = stopping.changed() => {}
+            () = &mut deadline => return Ok(Json(native::Changes { version })),
+        }
+    }
 }
 
 async fn digest(State(app): State<Arc<App>>) -> Result<Json<DigestResponse>, ApiError> {

@@ -9,8 +9,10 @@
 //! - [`api`]: routes, authentication, rate limits, handlers.
 //! - [`error`]: the one mapping from errors to HTTP.
 //! - [`indexer`]: catches the search index up after pushes.
+//! - [`ChangeFeed`]: the store's log version, watched (`/v1/changes`).
 
 pub mod api;
+mod changes;
 pub mod error;
 mod indexer;
 mod memex;
@@ -32,6 +34,7 @@ use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
 
 pub use api::{MemexRates, RateLimit};
+pub use changes::{CHANGE_POLL, ChangeFeed};
 pub use error::ApiError;
 
 /// What a server accepts unless configured otherwise.
@@ -81,6 +84,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// e.g. "selves 0.1.0".
     pub software: String,
+    /// What `/v1/changes` waits on (`None`: the server starts its own).
+    pub changes: Option<ChangeFeed>,
 }
 
 /// A rustls server configuration for the node's certificate (DER) and key.
@@ -107,14 +112,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let kick = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(api::App::new(
         store.clone(),
         engine,
-        config.limits,
-        config.rate,
-        config.memex,
-        config.software.clone(),
+        &config,
         kick.clone(),
+        config
+            .changes
+            .clone()
+            .unwrap_or_else(|| ChangeFeed::start(store.clone(), CHANGE_POLL)),
+        stop_rx.clone(),
     ));
     // Decompression wraps the router, so body limits count decompressed
     // bytes (a small gzip bomb cannot get past them).
@@ -128,7 +136,6 @@ pub async fn run(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     kick.notify_one();
     let indexer = tokio::spawn(indexer::run(store, kick, stop_rx));
 

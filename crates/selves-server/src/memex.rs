@@ -162,6 +162,7 @@ async fn push(
         })
     })
     .await?;
+    app.changes.poke();
     if response.accepted > 0 {
         app.index_kick.notify_one();
     }

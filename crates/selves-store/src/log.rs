@@ -180,6 +180,16 @@ impl Store {
         Ok(seq.unwrap_or(0) as u64)
     }
 
+    /// The log version: the sum of every head. It grows whenever a record
+    /// is stored here, by this process or another, and never otherwise.
+    pub fn log_version(&self) -> Result<u64> {
+        let r = self.reader()?;
+        let v: i64 = r
+            .prepare_cached("SELECT coalesce(sum(seq), 0) FROM heads")?
+            .query_row([], |r| r.get(0))?;
+        Ok(v as u64)
+    }
+
     /// Every head this node holds, sorted.
     pub fn heads(&self) -> Result<Vec<Head>> {
         let r = self.reader()?;

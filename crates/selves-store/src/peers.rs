@@ -2,7 +2,7 @@
 //! are stored) and the remotes it dials (which hold the token they send).
 
 use rusqlite::{OptionalExtension, params};
-use selves_wire::{CertFingerprint, Name, NodeId, Token};
+use selves_wire::{CertFingerprint, Name, NodeId, StreamName, Token};
 use subtle::ConstantTimeEq as _;
 
 use crate::{Millis, Result, Store, StoreError};
@@ -87,6 +87,9 @@ pub struct Remote {
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     pub last_error_class: Option<String>,
+    /// No success for this long and the remote counts as down (`None`:
+    /// the default, an hour).
+    pub down_after_ms: Option<i64>,
 }
 
 /// How a sync attempt with a remote ended, for status.
@@ -96,6 +99,9 @@ pub enum Attempt {
         /// A selves peer's identity (memex nodes have none).
         node_id: Option<NodeId>,
         node_name: Option<String>,
+        /// The memory heads the peer holds after the round (none for memex
+        /// peers).
+        heads: Vec<selves_wire::native::Head>,
     },
     Failure {
         class: String,
@@ -255,6 +261,11 @@ impl Store {
             if exists && !replace {
                 return Err(StoreError::RemoteExists(remote.alias.clone()));
             }
+            // A re-paired alias may be another node: forget what it held.
+            tx.execute(
+                "DELETE FROM remote_heads WHERE alias = ?1",
+                [remote.alias.as_str()],
+            )?;
             tx.execute(
                 "INSERT OR REPLACE INTO remotes (alias, url, token, cert_fp, insecure, node_id,
                     node_name, added_at, protocol, pulled_to, pushed_to)
@@ -289,7 +300,7 @@ impl Store {
         let mut stmt = r.prepare(
             "SELECT alias, url, token, cert_fp, insecure, node_id, node_name, added_at,
                     last_attempt_at, last_success_at, consecutive_failures, last_error,
-                    last_error_class, protocol, pulled_to, pushed_to
+                    last_error_class, protocol, pulled_to, pushed_to, down_after_ms
              FROM remotes ORDER BY alias",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -320,6 +331,7 @@ impl Store {
                 consecutive_failures: r.get(10)?,
                 last_error: r.get(11)?,
                 last_error_class: r.get(12)?,
+                down_after_ms: r.get(16)?,
             }))
         })?;
         let mut out = Vec::new();
@@ -330,20 +342,37 @@ impl Store {
     }
 
     pub fn remove_remote(&self, alias: &str) -> Result<bool> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM remotes WHERE alias = ?1", [alias])? > 0))
+        self.write(|tx| {
+            tx.execute("DELETE FROM remote_heads WHERE alias = ?1", [alias])?;
+            Ok(tx.execute("DELETE FROM remotes WHERE alias = ?1", [alias])? > 0)
+        })
     }
 
     /// Records how a sync attempt with `alias` ended.
     pub fn record_attempt(&self, alias: &str, attempt: &Attempt, now: Millis) -> Result<()> {
         self.write(|tx| {
             match attempt {
-                Attempt::Success { node_id, node_name } => tx.execute(
-                    "UPDATE remotes SET last_attempt_at = ?2, last_success_at = ?2,
-                        consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
-                        node_id = COALESCE(?3, node_id), node_name = COALESCE(?4, node_name)
-                     WHERE alias = ?1",
-                    params![alias, now, node_id.as_ref().map(NodeId::as_str), node_name],
-                )?,
+                Attempt::Success {
+                    node_id,
+                    node_name,
+                    heads,
+                } => {
+                    for h in heads {
+                        tx.execute(
+                            "INSERT INTO remote_heads (alias, node, stream, seq)
+                             VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+                            params![alias, h.node.as_str(), h.stream.as_str(), h.seq as i64],
+                        )?;
+                    }
+                    tx.execute(
+                        "UPDATE remotes SET last_attempt_at = ?2, last_success_at = ?2,
+                            consecutive_failures = 0, last_error = NULL, last_error_class = NULL,
+                            node_id = COALESCE(?3, node_id), node_name = COALESCE(?4, node_name)
+                         WHERE alias = ?1",
+                        params![alias, now, node_id.as_ref().map(NodeId::as_str), node_name],
+                    )?
+                }
                 Attempt::Failure { class, message } => tx.execute(
                     "UPDATE remotes SET last_attempt_at = ?2,
                         consecutive_failures = consecutive_failures + 1,
@@ -354,5 +383,32 @@ impl Store {
             };
             Ok(())
         })
+    }
+
+    /// Sets after how long without a success a remote counts as down;
+    /// `false` when there is no such remote.
+    pub fn set_down_after(&self, alias: &str, ms: Option<i64>) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE remotes SET down_after_ms = ?2 WHERE alias = ?1",
+                params![alias, ms],
+            )? > 0)
+        })
+    }
+
+    /// Memory records this node holds that the remote did not, as of its
+    /// last successful round (all of them before the first).
+    pub fn memory_waiting(&self, alias: &str) -> Result<u64> {
+        let r = self.reader()?;
+        let n: i64 = r
+            .prepare_cached(
+                "SELECT coalesce(sum(max(h.seq - coalesce(rh.seq, 0), 0)), 0)
+                 FROM heads h JOIN nodes n ON n.id = h.node JOIN streams s ON s.id = h.stream
+                 LEFT JOIN remote_heads rh
+                   ON rh.alias = ?1 AND rh.node = n.node_id AND rh.stream = s.name
+                 WHERE s.name = ?2",
+            )?
+            .query_row(params![alias, StreamName::MEMORY], |r| r.get(0))?;
+        Ok(n as u64)
     }
 }

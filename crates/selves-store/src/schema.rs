@@ -182,6 +182,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (share, path)
     ) WITHOUT ROWID;
     "#,
+    // 4: health. What each remote is known to hold of the memory logs (as
+    // of its last successful round: the records waiting for it are ours
+    // past these), and after how long without a success it counts as down.
+    r#"
+    ALTER TABLE remotes ADD COLUMN down_after_ms INTEGER;
+    CREATE TABLE remote_heads (
+        alias  TEXT NOT NULL,
+        node   TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        seq    INTEGER NOT NULL,
+        PRIMARY KEY (alias, node, stream)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

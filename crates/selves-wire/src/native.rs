@@ -19,6 +19,21 @@ pub mod path {
     pub const PULL: &str = "/v1/pull";
     pub const PUSH: &str = "/v1/push";
     pub const DIGEST: &str = "/v1/digest";
+    /// `GET /v1/changes?after=N`: a long poll (see [`super::Changes`]).
+    pub const CHANGES: &str = "/v1/changes";
+}
+
+/// How long a `/v1/changes` request waits for a change before answering
+/// with the same version.
+pub const CHANGES_WAIT_SECS: u64 = 25;
+
+/// The answer to `GET /v1/changes?after=N`: the server's log version (the
+/// sum of its heads; it grows whenever the server stores a record). The
+/// server answers as soon as it differs from `after`, or after
+/// [`CHANGES_WAIT_SECS`] with the same number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,6 +175,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 64,
             software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
+            changes: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(selves_server::run(

@@ -3,7 +3,9 @@
 //! node's home, and drives the store, server and client crates.
 
 mod commands;
+mod daemon;
 mod demo;
+mod health;
 mod home;
 mod output;
 
@@ -22,7 +24,8 @@ use clap::{Parser, Subcommand};
         shares, with its peers over pinned HTTPS.\n\
         The node lives in SELVES_HOME (default ~/.selves).",
     after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, \
-        5 peer unreachable, 6 certificate refused, 7 protocol version mismatch."
+        5 peer unreachable, 6 certificate refused, 7 protocol version mismatch. \
+        `status --brief`: 0 healthy, 1 degraded, 2 a peer down."
 )]
 struct Cli {
     /// The node's home directory [default: $SELVES_HOME or ~/.selves]
@@ -41,6 +44,8 @@ enum Command {
     Init(commands::node::InitArgs),
     /// Serve this node to its peers over HTTPS (foreground)
     Serve(commands::serve::ServeArgs),
+    /// Keep this node in sync by itself: serve, watch, sync on every change (foreground)
+    Daemon(daemon::DaemonArgs),
     /// Mint a token for a peer and print a one-line pair blob for it
     Invite(commands::peers::InviteArgs),
     /// Register a hub from a pair blob (and check it answers)
@@ -78,7 +83,15 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The daemon also logs to its home's logs/ folder.
+    let log_file = match &cli.command {
+        Command::Daemon(_) => home::Home::locate(cli.home.clone())
+            .ok()
+            .and_then(|dir| daemon::logfile::LogFile::open(&dir.join("logs")).ok()),
+        _ => None,
+    };
+    let daemon = matches!(cli.command, Command::Daemon(_));
+    init_logging(cli.verbose, daemon, log_file);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -96,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(a) => commands::node::init(home, a),
         Command::Serve(a) => commands::serve::serve(home, a),
+        Command::Daemon(a) => daemon::run(home, a),
         Command::Invite(a) => commands::peers::invite(home, a),
         Command::Pair(a) => commands::peers::pair(home, a),
         Command::Peer(c) => commands::peers::peer(home, c),
@@ -114,23 +128,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr; `SELVES_LOG=debug` or `-v` raise the level.
-fn init_logging(verbose: u8) {
+/// Logs go to stderr (and the daemon's to its log file too);
+/// `SELVES_LOG=debug` or `-v` raise the level. The daemon says what it
+/// does (info) by default, commands only warn.
+fn init_logging(verbose: u8, daemon: bool, file: Option<daemon::logfile::LogFile>) {
     use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::fmt::writer::MakeWriterExt as _;
     let from_env = std::env::var("SELVES_LOG")
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok());
-    let level = from_env.unwrap_or(match verbose {
+    let level = from_env.unwrap_or(match verbose + u8::from(daemon) {
         0 => LevelFilter::WARN,
         1 => LevelFilter::INFO,
         2 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     });
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match file {
+        Some(file) => builder
+            .with_ansi(false)
+            .with_writer(std::io::stderr.and(file))
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
 }
 
 /// glibc gives each thread that allocates its own arena, and memory freed

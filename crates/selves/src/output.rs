@@ -11,6 +11,10 @@ use selves_client::SyncError;
 /// and 2 a bad command line (clap's own).
 pub mod code {
     pub const FAILED: u8 = 1;
+    /// `status --brief`: a peer is down past its threshold (2, as the
+    /// issue of loud status asks; a bad command line is also 2, but
+    /// `status --brief` has no arguments to get wrong).
+    pub const DOWN: u8 = 2;
     /// `verify`: the peer holds different state.
     pub const DIVERGED: u8 = 3;
     /// The peer refused our token: re-pair.

@@ -7,6 +7,7 @@ use clap::Args;
 use selves_wire::Name;
 use serde::Serialize;
 
+use crate::health;
 use crate::home::{self, Home};
 use crate::output::{self, Exit, ago, code};
 
@@ -49,8 +50,12 @@ pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
 #[derive(Args)]
 pub struct StatusArgs {
     /// Print JSON
-    #[arg(long)]
+    #[arg(long, conflicts_with = "brief")]
     json: bool,
+    /// Print nothing when all is well, one line per problem otherwise (for
+    /// a session-start hook). Exit 0 healthy, 1 degraded, 2 a peer down
+    #[arg(long)]
+    brief: bool,
 }
 
 #[derive(Serialize)]
@@ -60,8 +65,22 @@ struct Status {
     memory: selves_store::Counts,
     search: SearchStatus,
     heads: Vec<HeadStatus>,
-    peers: Vec<selves_store::Remote>,
+    peers: Vec<PeerStatus>,
     tokens: Vec<TokenStatus>,
+    shares: Vec<health::ShareHealth>,
+    /// The pid of the daemon running for this home, if one is.
+    daemon: Option<u32>,
+    /// One line per problem; empty when all is well.
+    problems: Vec<health::Problem>,
+    /// `healthy`, `degraded` or `down` (as the exit status of `--brief`).
+    health: &'static str,
+}
+
+#[derive(Serialize)]
+struct PeerStatus {
+    #[serde(flatten)]
+    remote: selves_store::Remote,
+    health: health::PeerHealth,
 }
 
 #[derive(Serialize)]
@@ -98,6 +117,20 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
     let store = home.open_store()?;
     let names = store.known_nodes()?;
     let now = output::now_ms();
+    let mut peers = Vec::new();
+    for remote in store.remotes()? {
+        let waiting = store.memory_waiting(remote.alias.as_str())?;
+        peers.push(PeerStatus {
+            health: health::assess(&remote, waiting, now),
+            remote,
+        });
+    }
+    let shares = crate::commands::shares::share_health(&store)?;
+    let problems = health::problems(
+        &peers.iter().map(|p| p.health.clone()).collect::<Vec<_>>(),
+        &shares,
+    );
+    let worst = problems.iter().map(|p| p.severity).max();
     let status = Status {
         node: NodeStatus {
             id: home.config.node.id.to_string(),
@@ -123,7 +156,15 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
                 seq: h.seq,
             })
             .collect(),
-        peers: store.remotes()?,
+        peers,
+        shares,
+        daemon: crate::daemon::running(&home.dir)?,
+        health: match worst {
+            None => "healthy",
+            Some(health::Severity::Degraded) => "degraded",
+            Some(health::Severity::Down) => "down",
+        },
+        problems,
         tokens: store
             .token_grants()?
             .into_iter()
@@ -133,6 +174,19 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
+    // Only --brief answers with its exit status: the full forms are
+    // reports, and succeed whenever they could be read.
+    let exit = match worst {
+        None => Ok(()),
+        Some(health::Severity::Degraded) => Err(Exit(code::FAILED).into()),
+        Some(health::Severity::Down) => Err(Exit(code::DOWN).into()),
+    };
+    if args.brief {
+        for p in &status.problems {
+            println!("{}", p.line);
+        }
+        return exit;
+    }
     if args.json {
         return output::print_json(&status);
     }
@@ -161,7 +215,7 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
     if status.peers.is_empty() {
         println!("  (none: `selves pair BLOB` adds one)");
     }
-    for p in &status.peers {
+    for p in status.peers.iter().map(|p| &p.remote) {
         let state = match (&p.last_success_at, &p.last_error) {
             (_, Some(err)) if p.consecutive_failures > 0 => format!(
                 "failing ({} in a row, {}): {err}",
@@ -192,6 +246,18 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             .last_seen_at
             .map_or("never seen".to_owned(), |s| format!("last seen {}", ago(s)));
         println!("  {:<16} {:<8} {seen}", t.grant.peer, t.state);
+    }
+    match status.daemon {
+        Some(pid) => println!("daemon: running (pid {pid})"),
+        None => println!("daemon: not running (`selves daemon`, or `selves service install`)"),
+    }
+    if status.problems.is_empty() {
+        println!("health: all well");
+    } else {
+        println!("health: {}", status.health);
+        for p in &status.problems {
+            println!("  {}", p.line);
+        }
     }
     Ok(())
 }

@@ -279,6 +279,7 @@ fn new_remote(alias: Name, url: String, token: Token, cert_fp: Option<CertFinger
         consecutive_failures: 0,
         last_error: None,
         last_error_class: None,
+        down_after_ms: None,
     }
 }
 
@@ -353,6 +354,17 @@ pub enum PeerCommand {
     Remove { alias: String },
     /// Revoke the token of one peer allowed to call this node
     Revoke { name: String },
+    /// Change a peer's settings
+    Set(SetArgs),
+}
+
+#[derive(Args)]
+pub struct SetArgs {
+    alias: String,
+    /// After how long without a successful sync the peer counts as down
+    /// (`status --brief` exits 2): e.g. 10m, 6h, 2d [default: 1h]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    down_after: Option<std::time::Duration>,
 }
 
 #[derive(Args)]
@@ -409,6 +421,24 @@ pub fn peer(home: Option<PathBuf>, cmd: PeerCommand) -> anyhow::Result<()> {
             } else {
                 bail!("no active token for {name} (see `selves peer list`)")
             }
+        }
+        PeerCommand::Set(a) => {
+            let Some(after) = a.down_after else {
+                bail!("nothing to set: pass --down-after DURATION");
+            };
+            if after.is_zero() {
+                bail!("--down-after must be longer than zero");
+            }
+            let ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+            if !store.set_down_after(&a.alias, Some(ms))? {
+                bail!("no peer named {} (see `selves peer list`)", a.alias);
+            }
+            println!(
+                "{} counts as down after {} without a successful sync",
+                a.alias,
+                humantime::format_duration(after)
+            );
+            Ok(())
         }
     }
 }

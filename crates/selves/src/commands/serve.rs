@@ -19,7 +19,7 @@ use crate::home::{DEFAULT_PORT, Home};
 pub struct ServeArgs {
     /// Address to listen on [default: server.listen in config.toml, else 127.0.0.1:8765]
     #[arg(long, value_name = "ADDR")]
-    listen: Option<String>,
+    pub listen: Option<String>,
     /// Largest request body accepted, in bytes (after decompression)
     #[arg(long)]
     max_body_bytes: Option<u64>,
@@ -43,8 +43,14 @@ pub struct ServeArgs {
     memex_pulls_per_minute: Option<u32>,
 }
 
-pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
-    let home = Home::load(Home::locate(home)?)?;
+/// A bound listener and the server's configuration, from the command
+/// line and `config.toml`.
+pub struct ServerSetup {
+    pub listener: std::net::TcpListener,
+    pub config: ServerConfig,
+}
+
+pub fn server_setup(home: &Home, args: ServeArgs) -> anyhow::Result<ServerSetup> {
     let cfg = &home.config.server;
     let listen = args
         .listen
@@ -109,25 +115,12 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
     );
     let tls = selves_server::tls_config(home.certificate()?, home.private_key()?)
         .context("cannot load the node's certificate and key")?;
-    let store = home.open_store()?;
-    let engine = home.open_engine(&store)?;
-    let fingerprint = home.fingerprint()?;
     let listener = std::net::TcpListener::bind(&listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-
-    let rt = crate::runtime()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        // One line on stdout for scripts; the rest on stderr.
-        println!("listening on {addr}");
-        std::io::stdout().flush()?;
-        eprintln!(
-            "selves: serving node {} on https://{addr} (certificate {fingerprint})",
-            home.name()
-        );
-        let config = ServerConfig {
+    Ok(ServerSetup {
+        listener,
+        config: ServerConfig {
             tls,
             limits,
             rate,
@@ -136,8 +129,30 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 256,
             software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
-        };
-        selves_server::run(listener, store, engine, config, shutdown_signal()).await?;
+            changes: None,
+        },
+    })
+}
+
+pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let setup = server_setup(&home, args)?;
+    let store = home.open_store()?;
+    let engine = home.open_engine(&store)?;
+    let fingerprint = home.fingerprint()?;
+    let addr = setup.listener.local_addr()?;
+
+    let rt = crate::runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(setup.listener)?;
+        // One line on stdout for scripts; the rest on stderr.
+        println!("listening on {addr}");
+        std::io::stdout().flush()?;
+        eprintln!(
+            "selves: serving node {} on https://{addr} (certificate {fingerprint})",
+            home.name()
+        );
+        selves_server::run(listener, store, engine, setup.config, shutdown_signal()).await?;
         eprintln!("selves: stopped");
         anyhow::Ok(())
     })

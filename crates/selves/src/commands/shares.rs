@@ -303,6 +303,24 @@ fn list(store: &Arc<Store>, a: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Conflict copies and held-back files, per share.
+pub fn share_health(store: &Store) -> anyhow::Result<Vec<crate::health::ShareHealth>> {
+    let mut out = Vec::new();
+    for share in store.shares()? {
+        let conflicts = store
+            .share_files(&share)?
+            .iter()
+            .filter(|e| !e.version.deleted && is_conflict_copy(e))
+            .count();
+        out.push(crate::health::ShareHealth {
+            share: share.name.to_string(),
+            conflicts,
+            held: store.held(&share)?.len(),
+        });
+    }
+    Ok(out)
+}
+
 fn is_conflict_copy(e: &FileEntry) -> bool {
     e.version.path.file_name().contains(".conflict-")
 }

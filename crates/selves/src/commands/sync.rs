@@ -134,36 +134,8 @@ fn sync_one(
     let alias = remote.alias.to_string();
     let started = Instant::now();
     let bar = SyncBar::new(&alias);
-    let outcome = PeerClient::new(target(remote)).and_then(|client| match remote.protocol {
-        Protocol::Selves => rt.block_on(selves_client::sync(
-            store.clone(),
-            engine,
-            &client,
-            opts,
-            &bar,
-        )),
-        Protocol::Memex => rt.block_on(selves_client::sync_memex(
-            store.clone(),
-            &client,
-            &alias,
-            opts,
-            &bar,
-        )),
-    });
+    let outcome = rt.block_on(sync_peer(store, engine, remote, opts, &bar));
     bar.finish();
-    let attempt = match &outcome {
-        Ok(report) => Attempt::Success {
-            node_id: report.node_id.clone(),
-            node_name: report.node_id.as_ref().map(|_| report.peer.clone()),
-        },
-        Err(e) => Attempt::Failure {
-            class: e.class().to_owned(),
-            message: e.to_string(),
-        },
-    };
-    if let Err(e) = store.record_attempt(&alias, &attempt, now_ms()) {
-        tracing::warn!(error = %e, "cannot record the sync attempt");
-    }
     match outcome {
         Ok(report) => {
             // Make what arrived searchable before saying we are done.
@@ -206,6 +178,42 @@ fn sync_one(
             )
         }
     }
+}
+
+/// One sync round with a remote, in the protocol it speaks, recorded in
+/// the remote's status (last attempt, success or failure and why).
+pub(crate) async fn sync_peer(
+    store: &Arc<Store>,
+    engine: &Arc<selves_share::Engine>,
+    remote: &Remote,
+    opts: &SyncOptions,
+    progress: &dyn selves_client::Progress,
+) -> Result<SyncReport, selves_client::SyncError> {
+    let alias = remote.alias.to_string();
+    let client = PeerClient::new(target(remote))?;
+    let outcome = match remote.protocol {
+        Protocol::Selves => {
+            selves_client::sync(store.clone(), engine, &client, opts, progress).await
+        }
+        Protocol::Memex => {
+            selves_client::sync_memex(store.clone(), &client, &alias, opts, progress).await
+        }
+    };
+    let attempt = match &outcome {
+        Ok(report) => Attempt::Success {
+            node_id: report.node_id.clone(),
+            node_name: report.node_id.as_ref().map(|_| report.peer.clone()),
+            heads: report.peer_heads.clone(),
+        },
+        Err(e) => Attempt::Failure {
+            class: e.class().to_owned(),
+            message: e.to_string(),
+        },
+    };
+    if let Err(e) = store.record_attempt(&alias, &attempt, now_ms()) {
+        tracing::warn!(error = %e, "cannot record the sync attempt");
+    }
+    outcome
 }
 
 fn print_result((result, _): &(PeerResult, Option<u8>)) {

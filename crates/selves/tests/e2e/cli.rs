@@ -214,6 +214,7 @@ fn help_lists_the_commands() {
         Commands:
           init          Create this node: id, name, TLS certificate, config and store
           serve         Serve this node to its peers over HTTPS (foreground)
+          daemon        Keep this node in sync by itself: serve, watch, sync on every change (foreground)
           invite        Mint a token for a peer and print a one-line pair blob for it
           pair          Register a hub from a pair blob (and check it answers)
           peer          Manage peers: the ones this node dials and the ones it let in
@@ -245,7 +246,8 @@ fn help_lists_the_commands() {
                   Print version
 
         Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, 5 peer unreachable, 6
-        certificate refused, 7 protocol version mismatch.
+        certificate refused, 7 protocol version mismatch. `status --brief`: 0 healthy, 1 degraded, 2 a peer
+        down.
     "#]]
     .assert_eq(&text);
 }

@@ -111,10 +111,55 @@ impl Node {
     pub fn serve_on(&self, listen: &str, extra: &[&str]) -> Server {
         let mut args = vec!["serve", "--listen", listen];
         args.extend_from_slice(extra);
-        let mut child = self
+        self.listening(&args, Stdio::piped())
+    }
+
+    /// Where a daemon's stderr goes (a pipe nobody reads would fill up and
+    /// block a long-running daemon).
+    pub fn daemon_stderr(&self) -> PathBuf {
+        self.dir.path().join("daemon.stderr")
+    }
+
+    fn daemon_stderr_file(&self) -> Stdio {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.daemon_stderr())
+            .unwrap()
+            .into()
+    }
+
+    /// What the daemons of this node wrote to stderr so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.daemon_stderr()).unwrap_or_default()
+    }
+
+    /// `selves daemon --listen 127.0.0.1:0 extra…`: a daemon that serves.
+    pub fn daemon_serving(&self, extra: &[&str]) -> Server {
+        let mut args = vec!["daemon", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.listening(&args, self.daemon_stderr_file())
+    }
+
+    /// `selves daemon extra…` without a server (a spoke's daemon).
+    pub fn daemon(&self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["daemon"];
+        args.extend_from_slice(extra);
+        let child = self
             .command(&args)
+            .stdout(Stdio::null())
+            .stderr(self.daemon_stderr_file())
+            .spawn()
+            .unwrap();
+        Daemon { child }
+    }
+
+    /// Spawns a command that prints `listening on ADDR` first.
+    fn listening(&self, args: &[&str], stderr: Stdio) -> Server {
+        let mut child = self
+            .command(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -124,14 +169,11 @@ impl Node {
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| {
-                let mut err = String::new();
-                child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("serve did not start: {line:?}\n{err}")
+                let mut err = self.daemon_log();
+                if let Some(mut e) = child.stderr.take() {
+                    e.read_to_string(&mut err).unwrap();
+                }
+                panic!("{args:?} did not start: {line:?}\n{err}")
             })
             .parse()
             .unwrap();
@@ -252,6 +294,52 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A running `selves daemon` that does not serve; killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+}
+
+impl Daemon {
+    /// SIGTERM, then waits (up to `secs`): the exit code and stderr.
+    pub fn terminate(mut self, secs: u64) -> Run {
+        terminate(&mut self.child, secs)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `secs` for it to exit.
+pub fn terminate(child: &mut Child, secs: u64) -> Run {
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            return Run {
+                code: status.code().unwrap_or(-1),
+                stdout: String::new(),
+                stderr,
+            };
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running {secs} s after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod daemon;
 mod harness;
 mod memex_conformance;
 mod memex_peer;

@@ -1,0 +1,63 @@
+//! One daemon per home: an exclusive `flock` on `locks/daemon.lock`, held
+//! for the daemon's life and released by the kernel however it ends. The
+//! file holds the daemon's pid, for messages and `selves status`.
+
+use std::io::{Read as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use rustix::fs::{FlockOperation, flock};
+
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+fn path(home: &Path) -> PathBuf {
+    home.join("locks").join("daemon.lock")
+}
+
+fn open(home: &Path) -> anyhow::Result<std::fs::File> {
+    let path = path(home);
+    std::fs::create_dir_all(path.parent().expect("a lock has a folder"))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+impl DaemonLock {
+    /// Takes the lock, or says which daemon holds it.
+    pub fn acquire(home: &Path) -> anyhow::Result<DaemonLock> {
+        let mut file = open(home)?;
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let pid = running(home)?.map_or_else(|| "?".to_owned(), |p| p.to_string());
+            bail!(
+                "a daemon is already running for {} (pid {pid}); `selves status` shows what it does",
+                home.display()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(DaemonLock { _file: file })
+    }
+}
+
+/// The pid of the daemon running for `home`, if one is.
+pub fn running(home: &Path) -> anyhow::Result<Option<u32>> {
+    if !path(home).exists() {
+        return Ok(None);
+    }
+    let mut file = open(home)?;
+    if flock(&file, FlockOperation::NonBlockingLockShared).is_ok() {
+        // Nobody holds it: no daemon.
+        return Ok(None);
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(Some(text.trim().parse().unwrap_or(0)))
+}

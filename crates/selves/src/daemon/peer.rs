@@ -1,0 +1,185 @@
+//! One peer's schedule: a sync round now, then another as soon as there is
+//! something to move, at the latest after the interval.
+//!
+//! Something to move means: this node's log moved (a local write, a scan,
+//! or a round with another peer that brought records this peer lacks), or
+//! the peer's log moved (its `/v1/changes` long poll answered). A failed
+//! round is retried with backoff (2 s doubling, capped by the interval and
+//! [`MAX_BACKOFF`]); every attempt is recorded in the peer's status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use selves_client::{NoProgress, PeerClient, SyncOptions};
+use selves_store::{Protocol, Remote};
+use tokio::sync::watch;
+
+use super::Ctx;
+use crate::commands::peers::target;
+
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
+
+/// Why the next round runs.
+#[derive(Debug)]
+enum Wake {
+    Local,
+    Remote,
+    Timer,
+    Stop,
+}
+
+pub async fn run(ctx: Arc<Ctx>, alias: String) {
+    let mut local = ctx.changes.subscribe();
+    // The peer's log version, as its long poll last said.
+    let (remote_tx, mut remote) = watch::channel(0u64);
+    let mut poller = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut stop = ctx.stop.clone();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let Some(peer) = load(&ctx, &alias).await else {
+            break;
+        };
+        if poller.is_none() && peer.protocol == Protocol::Selves {
+            poller = Some(AbortOnDrop(tokio::spawn(long_poll(
+                peer.clone(),
+                remote_tx.clone(),
+                ctx.stop.clone(),
+            ))));
+        }
+        local.borrow_and_update();
+        remote.borrow_and_update();
+        let ok = round(&ctx, &peer).await;
+        let wait = if ok {
+            backoff = FIRST_BACKOFF;
+            ctx.interval
+        } else {
+            let wait = backoff.min(ctx.interval);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            wait
+        };
+        let wake = tokio::select! {
+            r = local.changed() => if r.is_ok() { Wake::Local } else { Wake::Stop },
+            r = remote.changed() => if r.is_ok() { Wake::Remote } else { Wake::Stop },
+            () = tokio::time::sleep(wait) => Wake::Timer,
+            _ = stop.wait_for(|s| *s) => Wake::Stop,
+        };
+        tracing::debug!(peer = %alias, ?wake, "next round");
+        match wake {
+            Wake::Stop => break,
+            // Let a burst of local writes settle into one round.
+            Wake::Local => tokio::time::sleep(ctx.settle).await,
+            Wake::Remote | Wake::Timer => {}
+        }
+    }
+}
+
+async fn load(ctx: &Ctx, alias: &str) -> Option<Remote> {
+    let store = ctx.store.clone();
+    let alias = alias.to_owned();
+    match tokio::task::spawn_blocking(move || store.remote(&alias)).await {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read a peer");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// One round; a round that has started finishes even if the daemon is
+/// asked to stop (the supervisor waits for it, within its grace).
+async fn round(ctx: &Ctx, peer: &Remote) -> bool {
+    let alias = peer.alias.to_string();
+    let store = ctx.store.clone();
+    let engine = ctx.engine.clone();
+    let outcome = crate::commands::sync::sync_peer(
+        &store,
+        &engine,
+        peer,
+        &SyncOptions::default(),
+        &NoProgress,
+    )
+    .await;
+    match outcome {
+        Ok(report) => {
+            if !report.up_to_date() {
+                tracing::info!(
+                    peer = %alias,
+                    pulled = report.pulled,
+                    pushed = report.pushed,
+                    shares = report.shares.iter().map(|s| s.pulled + s.pushed).sum::<u64>(),
+                    ms = report.elapsed_ms,
+                    "synced"
+                );
+            }
+            for s in report.shares.iter().filter_map(|s| s.error.as_ref()) {
+                tracing::warn!(peer = %alias, "{s}");
+            }
+            if report.changed_rows > 0 {
+                let store = ctx.store.clone();
+                let indexed = tokio::task::spawn_blocking(move || store.catch_up_index(|_| {}));
+                if let Ok(Err(e)) = indexed.await {
+                    tracing::warn!(error = %e, "search indexing failed; it is retried later");
+                }
+            }
+            // What arrived may be news for the other peers.
+            ctx.changes.poke();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %alias, class = e.class(), "sync failed: {e}");
+            false
+        }
+    }
+}
+
+/// Follows the peer's log version with `/v1/changes`; each new version
+/// wakes the schedule. A peer without the endpoint (older selves) or out
+/// of reach is asked again later; the interval still syncs.
+async fn long_poll(peer: Remote, versions: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+    let client = match PeerClient::new(target(&peer)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(peer = %peer.alias, error = %e, "cannot follow the peer's changes");
+            return;
+        }
+    };
+    let mut after = 0u64;
+    let mut pause = FIRST_BACKOFF;
+    loop {
+        let answer = tokio::select! {
+            r = client.changes(after) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match answer {
+            Ok(v) => {
+                pause = FIRST_BACKOFF;
+                if v != after {
+                    after = v;
+                    versions.send_replace(v);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.alias, error = %e, "long poll failed");
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                pause = (pause * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Aborts a task when the schedule that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,378 @@
+//! Health: how each peer and share is doing, and the loud lines for
+//! `selves status --brief`. Pure functions of what the store recorded, so
+//! the rules are tested without waiting for real time to pass.
+//!
+//! A peer is
+//! - `ok`: its last attempt succeeded;
+//! - `healing`: its last attempt failed, but it synced within its
+//!   down-after time (the daemon is retrying);
+//! - `down`: no success for longer than its down-after time (default an
+//!   hour; `selves peer set PEER --down-after 10m`);
+//! - `auth-failed`: it refused our token or showed another certificate:
+//!   retrying cannot help, a person must re-pair;
+//! - `never-synced`: paired, not synced yet (within down-after of pairing).
+
+use selves_store::{Protocol, Remote};
+use serde::Serialize;
+
+type Millis = i64;
+
+pub const DEFAULT_DOWN_AFTER_MS: i64 = 60 * 60 * 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerState {
+    Ok,
+    Healing,
+    Down,
+    AuthFailed,
+    NeverSynced,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerHealth {
+    pub peer: String,
+    pub state: PeerState,
+    pub last_success_at: Option<Millis>,
+    pub consecutive_failures: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Memory records this node holds that the peer did not at its last
+    /// success (`None` for memex peers: not tracked).
+    pub waiting_memories: Option<u64>,
+    pub down_after_ms: i64,
+    /// Since the last success, or since pairing when there was none.
+    pub silent_ms: i64,
+    /// Past its down-after time without a success.
+    pub overdue: bool,
+}
+
+pub fn assess(r: &Remote, waiting: u64, now: Millis) -> PeerHealth {
+    let down_after_ms = r.down_after_ms.unwrap_or(DEFAULT_DOWN_AFTER_MS);
+    let silent_ms = (now - r.last_success_at.unwrap_or(r.added_at)).max(0);
+    let overdue = silent_ms > down_after_ms;
+    let failing = r.consecutive_failures > 0;
+    let refused = failing
+        && matches!(
+            r.last_error_class.as_deref(),
+            Some("auth" | "certificate" | "version")
+        );
+    let state = if refused {
+        PeerState::AuthFailed
+    } else if overdue {
+        PeerState::Down
+    } else if failing {
+        PeerState::Healing
+    } else if r.last_success_at.is_none() {
+        PeerState::NeverSynced
+    } else {
+        PeerState::Ok
+    };
+    PeerHealth {
+        peer: r.alias.to_string(),
+        state,
+        last_success_at: r.last_success_at,
+        consecutive_failures: r.consecutive_failures,
+        last_error_class: r.last_error_class.clone(),
+        last_error: r.last_error.clone(),
+        waiting_memories: (r.protocol == Protocol::Selves).then_some(waiting),
+        down_after_ms,
+        silent_ms,
+        overdue,
+    }
+}
+
+/// A share's problems worth a line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShareHealth {
+    pub share: String,
+    pub conflicts: usize,
+    pub held: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    /// Something needs a look; sync goes on.
+    Degraded,
+    /// A peer is past its down-after time: memory is not being backed up.
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub line: String,
+}
+
+/// One line per problem, worst first; none when all is well.
+pub fn problems(peers: &[PeerHealth], shares: &[ShareHealth]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for p in peers {
+        let severity = if p.overdue {
+            Severity::Down
+        } else {
+            Severity::Degraded
+        };
+        let waiting = match p.waiting_memories {
+            Some(0) | None => String::new(),
+            Some(1) => " — 1 memory not backed up".to_owned(),
+            Some(n) => format!(" — {n} memories not backed up"),
+        };
+        let why = match (&p.last_error_class, &p.last_error) {
+            (Some(class), Some(msg)) if p.consecutive_failures > 0 => {
+                format!(" ({class}: {})", shorten(msg, 120))
+            }
+            _ => String::new(),
+        };
+        let line = match p.state {
+            PeerState::Ok => continue,
+            PeerState::AuthFailed => format!(
+                "⚠ sync to {} stopped: the peer refused this node{} — pair again with a new invite{why}",
+                p.peer,
+                if p.overdue {
+                    format!(", {} without a sync", span(p.silent_ms))
+                } else {
+                    String::new()
+                },
+            ),
+            PeerState::Down if p.last_success_at.is_none() => format!(
+                "⚠ sync to {} down: never synced in {}{waiting}{why}",
+                p.peer,
+                span(p.silent_ms)
+            ),
+            PeerState::Down => format!(
+                "⚠ sync to {} down {}{waiting}{why}",
+                p.peer,
+                span(p.silent_ms)
+            ),
+            PeerState::Healing => format!(
+                "⚠ sync to {} failing ({} in a row, last success {} ago), retrying{waiting}{why}",
+                p.peer,
+                p.consecutive_failures,
+                span(p.silent_ms)
+            ),
+            PeerState::NeverSynced => format!(
+                "⚠ {} has never synced: run `selves sync {}` or start the daemon{waiting}",
+                p.peer, p.peer
+            ),
+        };
+        out.push(Problem { severity, line });
+    }
+    for s in shares {
+        let mut parts = Vec::new();
+        match s.conflicts {
+            0 => {}
+            1 => parts.push("1 conflict copy".to_owned()),
+            n => parts.push(format!("{n} conflict copies")),
+        }
+        match s.held {
+            0 => {}
+            1 => parts.push("1 file held back".to_owned()),
+            n => parts.push(format!("{n} files held back")),
+        }
+        if !parts.is_empty() {
+            out.push(Problem {
+                severity: Severity::Degraded,
+                line: format!(
+                    "⚠ share {}: {} — see `selves conflicts`",
+                    s.share,
+                    parts.join(", ")
+                ),
+            });
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.severity));
+    out
+}
+
+/// `6 days`, `3 hours`, `12 min`, `40 s`: the largest unit that fits.
+pub fn span(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => plural(s / 3600, "hour"),
+        _ => plural(s / 86_400, "day"),
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    const NOW: i64 = 100 * DAY;
+
+    fn remote() -> Remote {
+        Remote {
+            alias: "vps".parse().unwrap(),
+            url: "https://127.0.0.1:1".into(),
+            protocol: Protocol::Selves,
+            pulled_to: 0,
+            pushed_to: 0,
+            token: selves_wire::Token::from_bytes([7; 32]),
+            cert_fp: None,
+            insecure: true,
+            node_id: None,
+            node_name: None,
+            added_at: NOW - 30 * DAY,
+            last_attempt_at: None,
+            last_success_at: None,
+            consecutive_failures: 0,
+            last_error: None,
+            last_error_class: None,
+            down_after_ms: None,
+        }
+    }
+
+    fn failing(mut r: Remote, class: &str, n: u32) -> Remote {
+        r.consecutive_failures = n;
+        r.last_error_class = Some(class.into());
+        r.last_error = Some(format!("{class} trouble"));
+        r.last_attempt_at = Some(NOW);
+        r
+    }
+
+    #[test]
+    fn a_peer_that_synced_just_now_is_ok_and_silent() {
+        let mut r = remote();
+        r.last_success_at = Some(NOW - 1000);
+        let h = assess(&r, 0, NOW);
+        assert_eq!(h.state, PeerState::Ok);
+        assert!(problems(&[h], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_failure_is_healing_and_already_worth_a_line() {
+        let mut r = failing(remote(), "network", 2);
+        r.last_success_at = Some(NOW - 5 * 60_000);
+        let h = assess(&r, 3, NOW);
+        assert_eq!(h.state, PeerState::Healing);
+        let p = problems(&[h], &[]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].severity, Severity::Degraded);
+        assert_eq!(
+            p[0].line,
+            "⚠ sync to vps failing (2 in a row, last success 5 min ago), retrying — 3 memories not backed up (network: network trouble)"
+        );
+    }
+
+    #[test]
+    fn six_days_without_a_success_is_down_with_what_waits() {
+        let mut r = failing(remote(), "network", 400);
+        r.last_success_at = Some(NOW - 6 * DAY - HOUR);
+        let h = assess(&r, 125, NOW);
+        assert_eq!(h.state, PeerState::Down);
+        let p = problems(&[h], &[]);
+        assert_eq!(p[0].severity, Severity::Down);
+        assert!(
+            p[0].line
+                .starts_with("⚠ sync to vps down 6 days — 125 memories not backed up"),
+            "{}",
+            p[0].line
+        );
+    }
+
+    #[test]
+    fn the_threshold_is_per_peer() {
+        let mut r = remote();
+        r.last_success_at = Some(NOW - 11 * 60_000);
+        assert_eq!(
+            assess(&r, 0, NOW).state,
+            PeerState::Ok,
+            "no failure, within an hour"
+        );
+        r.down_after_ms = Some(10 * 60_000);
+        let h = assess(&r, 1, NOW);
+        assert_eq!(h.state, PeerState::Down);
+        assert_eq!(
+            problems(&[h], &[])[0].line,
+            "⚠ sync to vps down 11 min — 1 memory not backed up"
+        );
+    }
+
+    #[test]
+    fn a_refused_token_stops_and_says_to_re_pair() {
+        let mut r = failing(remote(), "auth", 1);
+        r.last_success_at = Some(NOW - 60_000);
+        let h = assess(&r, 0, NOW);
+        assert_eq!(h.state, PeerState::AuthFailed);
+        let p = problems(&[h], &[]);
+        assert_eq!(p[0].severity, Severity::Degraded);
+        assert!(p[0].line.contains("pair again"), "{}", p[0].line);
+    }
+
+    #[test]
+    fn never_synced_is_a_line_then_down_past_the_threshold() {
+        let mut r = remote();
+        r.added_at = NOW - 60_000;
+        let h = assess(&r, 7, NOW);
+        assert_eq!(h.state, PeerState::NeverSynced);
+        assert_eq!(problems(&[h], &[])[0].severity, Severity::Degraded);
+        r.added_at = NOW - 2 * DAY;
+        let h = assess(&r, 7, NOW);
+        assert_eq!(h.state, PeerState::Down);
+        assert_eq!(
+            problems(&[h], &[])[0].line,
+            "⚠ sync to vps down: never synced in 2 days — 7 memories not backed up"
+        );
+    }
+
+    #[test]
+    fn memex_peers_have_no_waiting_count() {
+        let mut r = remote();
+        r.protocol = Protocol::Memex;
+        r.last_success_at = Some(NOW - 2 * HOUR);
+        let h = assess(&r, 9, NOW);
+        assert_eq!(h.waiting_memories, None);
+        assert_eq!(problems(&[h], &[])[0].line, "⚠ sync to vps down 2 hours");
+    }
+
+    #[test]
+    fn shares_with_conflicts_or_held_files_get_a_line_and_down_sorts_first() {
+        let mut r = remote();
+        r.last_success_at = Some(NOW - 2 * DAY);
+        let shares = [
+            ShareHealth {
+                share: "knowledge".into(),
+                conflicts: 2,
+                held: 1,
+            },
+            ShareHealth {
+                share: "quiet".into(),
+                conflicts: 0,
+                held: 0,
+            },
+        ];
+        let p = problems(&[assess(&r, 0, NOW)], &shares);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].severity, Severity::Down);
+        assert_eq!(
+            p[1].line,
+            "⚠ share knowledge: 2 conflict copies, 1 file held back — see `selves conflicts`"
+        );
+    }
+
+    #[test]
+    fn spans_use_the_largest_unit() {
+        assert_eq!(span(999), "0 s");
+        assert_eq!(span(59_000), "59 s");
+        assert_eq!(span(60_000), "1 min");
+        assert_eq!(span(HOUR), "1 hour");
+        assert_eq!(span(3 * HOUR + 1), "3 hours");
+        assert_eq!(span(DAY), "1 day");
+        assert_eq!(span(6 * DAY + 23 * HOUR), "6 days");
+    }
+}
