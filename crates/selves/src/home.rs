@@ -202,6 +202,11 @@ pub fn init(dir: &Path, name: Name) -> anyhow::Result<Home> {
 /// the same directory, fsynced, renamed over `path`, then the directory
 /// fsynced.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic(path, bytes, 0o600)
+}
+
+/// [`write_private`] with another mode (an executable script: 0700).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
     let mut suffix = [0u8; 6];
     getrandom::fill(&mut suffix).context("no randomness available")?;
@@ -214,7 +219,7 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

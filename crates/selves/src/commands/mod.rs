@@ -5,5 +5,6 @@ pub mod memory;
 pub mod node;
 pub mod peers;
 pub mod serve;
+pub mod service;
 pub mod shares;
 pub mod sync;

@@ -144,6 +144,7 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
 
     let rt = crate::runtime()?;
     rt.block_on(async move {
+        let signals = Signals::new()?;
         let listener = tokio::net::TcpListener::from_std(setup.listener)?;
         // One line on stdout for scripts; the rest on stderr.
         println!("listening on {addr}");
@@ -152,24 +153,34 @@ pub fn serve(home: Option<PathBuf>, args: ServeArgs) -> anyhow::Result<()> {
             "selves: serving node {} on https://{addr} (certificate {fingerprint})",
             home.name()
         );
-        selves_server::run(listener, store, engine, setup.config, shutdown_signal()).await?;
+        selves_server::run(listener, store, engine, setup.config, signals.recv()).await?;
         eprintln!("selves: stopped");
         anyhow::Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, handled from the moment this is made (instead of
+/// killing the process).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first of them.
+    pub async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

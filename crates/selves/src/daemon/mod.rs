@@ -34,7 +34,7 @@ use selves_store::{Remote, Share, Store};
 use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 
-use crate::commands::serve::{ServeArgs, server_setup, shutdown_signal};
+use crate::commands::serve::{ServeArgs, Signals, server_setup};
 use crate::home::Home;
 
 pub use lock::{DaemonLock, running};
@@ -71,6 +71,10 @@ pub(crate) struct Ctx {
 
 pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
+    let rt = crate::runtime()?;
+    // Handle SIGTERM from the moment the daemon can be seen running (the
+    // lock names its pid): a stop that early is still a clean stop.
+    let signals = rt.block_on(async { Signals::new() })?;
     let _lock = DaemonLock::acquire(&home.dir)?;
     let store = home.open_store()?;
     let engine = home.open_engine(&store)?;
@@ -80,7 +84,6 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let rt = crate::runtime()?;
     rt.block_on(async move {
         let changes = ChangeFeed::start(store.clone(), CHANGE_POLL);
         let (stop_tx, stop) = channel::channel(false);
@@ -118,7 +121,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
         };
         tracing::info!(node = %home.name(), "daemon started");
         let supervisor = tokio::spawn(supervise(ctx));
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("stopping: letting running rounds finish");
         let _ = stop_tx.send(true);
         if let Err(e) = supervisor.await {

@@ -10,5 +10,6 @@ mod memex_peer;
 mod protocol;
 mod scripted;
 mod security;
+mod service;
 mod shares;
 mod sync;
