@@ -21,6 +21,7 @@ pub mod peers;
 pub mod schema;
 pub mod search;
 pub mod shares;
+pub mod tunnels;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub use search::{Hit, SearchQuery};
 pub use shares::{
     FileEntry, Held, Layout, Received, Seen, Share, ShareChange, ShareCommit, ShareMode,
 };
+pub use tunnels::Tunnel;
 
 /// Milliseconds since the Unix epoch. Callers pass the time in, so tests
 /// control it.

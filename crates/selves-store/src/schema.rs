@@ -195,6 +195,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (alias, node, stream)
     ) WITHOUT ROWID;
     "#,
+    // 5: SSH tunnels the daemon keeps, one per name, and what the keeper
+    // last saw (state, detail, since, how many ssh processes it started).
+    r#"
+    CREATE TABLE tunnels (
+        name        TEXT PRIMARY KEY,
+        ssh         TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        local_port  INTEGER NOT NULL,
+        remote_port INTEGER NOT NULL,
+        identity    TEXT,
+        added_at    INTEGER NOT NULL,
+        state       TEXT NOT NULL DEFAULT 'stopped',
+        detail      TEXT,
+        since       INTEGER,
+        spawns      INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -107,9 +107,40 @@ pub struct Problem {
     pub line: String,
 }
 
+/// A tunnel as its keeper last recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelHealth {
+    pub tunnel: String,
+    pub state: String,
+    pub detail: Option<String>,
+}
+
 /// One line per problem, worst first; none when all is well.
-pub fn problems(peers: &[PeerHealth], shares: &[ShareHealth]) -> Vec<Problem> {
+pub fn problems(
+    peers: &[PeerHealth],
+    shares: &[ShareHealth],
+    tunnels: &[TunnelHealth],
+) -> Vec<Problem> {
     let mut out = Vec::new();
+    for t in tunnels {
+        let detail = t
+            .detail
+            .as_deref()
+            .map(|d| shorten(d, 160))
+            .unwrap_or_default();
+        let line = match t.state.as_str() {
+            "auth-failed" => format!(
+                "⚠ tunnel {} stopped: ssh was refused, and retrying cannot help — {detail}",
+                t.tunnel
+            ),
+            "healing" => format!("⚠ tunnel {} down, reconnecting — {detail}", t.tunnel),
+            _ => continue,
+        };
+        out.push(Problem {
+            severity: Severity::Degraded,
+            line,
+        });
+    }
     for p in peers {
         let severity = if p.overdue {
             Severity::Down
@@ -251,7 +282,7 @@ mod tests {
         r.last_success_at = Some(NOW - 1000);
         let h = assess(&r, 0, NOW);
         assert_eq!(h.state, PeerState::Ok);
-        assert!(problems(&[h], &[]).is_empty());
+        assert!(problems(&[h], &[], &[]).is_empty());
     }
 
     #[test]
@@ -260,7 +291,7 @@ mod tests {
         r.last_success_at = Some(NOW - 5 * 60_000);
         let h = assess(&r, 3, NOW);
         assert_eq!(h.state, PeerState::Healing);
-        let p = problems(&[h], &[]);
+        let p = problems(&[h], &[], &[]);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].severity, Severity::Degraded);
         assert_eq!(
@@ -275,7 +306,7 @@ mod tests {
         r.last_success_at = Some(NOW - 6 * DAY - HOUR);
         let h = assess(&r, 125, NOW);
         assert_eq!(h.state, PeerState::Down);
-        let p = problems(&[h], &[]);
+        let p = problems(&[h], &[], &[]);
         assert_eq!(p[0].severity, Severity::Down);
         assert!(
             p[0].line
@@ -298,7 +329,7 @@ mod tests {
         let h = assess(&r, 1, NOW);
         assert_eq!(h.state, PeerState::Down);
         assert_eq!(
-            problems(&[h], &[])[0].line,
+            problems(&[h], &[], &[])[0].line,
             "⚠ sync to vps down 11 min — 1 memory not backed up"
         );
     }
@@ -309,7 +340,7 @@ mod tests {
         r.last_success_at = Some(NOW - 60_000);
         let h = assess(&r, 0, NOW);
         assert_eq!(h.state, PeerState::AuthFailed);
-        let p = problems(&[h], &[]);
+        let p = problems(&[h], &[], &[]);
         assert_eq!(p[0].severity, Severity::Degraded);
         assert!(p[0].line.contains("pair again"), "{}", p[0].line);
     }
@@ -320,12 +351,12 @@ mod tests {
         r.added_at = NOW - 60_000;
         let h = assess(&r, 7, NOW);
         assert_eq!(h.state, PeerState::NeverSynced);
-        assert_eq!(problems(&[h], &[])[0].severity, Severity::Degraded);
+        assert_eq!(problems(&[h], &[], &[])[0].severity, Severity::Degraded);
         r.added_at = NOW - 2 * DAY;
         let h = assess(&r, 7, NOW);
         assert_eq!(h.state, PeerState::Down);
         assert_eq!(
-            problems(&[h], &[])[0].line,
+            problems(&[h], &[], &[])[0].line,
             "⚠ sync to vps down: never synced in 2 days — 7 memories not backed up"
         );
     }
@@ -337,7 +368,10 @@ mod tests {
         r.last_success_at = Some(NOW - 2 * HOUR);
         let h = assess(&r, 9, NOW);
         assert_eq!(h.waiting_memories, None);
-        assert_eq!(problems(&[h], &[])[0].line, "⚠ sync to vps down 2 hours");
+        assert_eq!(
+            problems(&[h], &[], &[])[0].line,
+            "⚠ sync to vps down 2 hours"
+        );
     }
 
     #[test]
@@ -356,7 +390,7 @@ mod tests {
                 held: 0,
             },
         ];
-        let p = problems(&[assess(&r, 0, NOW)], &shares);
+        let p = problems(&[assess(&r, 0, NOW)], &shares, &[]);
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].severity, Severity::Down);
         assert_eq!(

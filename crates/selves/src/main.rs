@@ -76,6 +76,9 @@ enum Command {
     Status(commands::node::StatusArgs),
     /// Check the database and the record logs for damage
     Check(commands::node::CheckArgs),
+    /// SSH tunnels the daemon keeps up
+    #[command(subcommand)]
+    Tunnel(commands::tunnel::TunnelCommand),
     /// Run the daemon as a service: systemd, launchd, termux-services
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
@@ -127,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => commands::sync::verify(home, a),
         Command::Status(a) => commands::node::status(home, a),
         Command::Check(a) => commands::node::check(home, a),
+        Command::Tunnel(c) => commands::tunnel::tunnel(home, c),
         Command::Service(c) => commands::service::service(home, c),
         Command::Demo(a) => demo::run(a),
     }

@@ -8,3 +8,4 @@ pub mod serve;
 pub mod service;
 pub mod shares;
 pub mod sync;
+pub mod tunnel;

@@ -68,6 +68,7 @@ struct Status {
     peers: Vec<PeerStatus>,
     tokens: Vec<TokenStatus>,
     shares: Vec<health::ShareHealth>,
+    tunnels: Vec<health::TunnelHealth>,
     /// The pid of the daemon running for this home, if one is.
     daemon: Option<u32>,
     /// One line per problem; empty when all is well.
@@ -126,9 +127,19 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
         });
     }
     let shares = crate::commands::shares::share_health(&store)?;
+    let tunnels: Vec<health::TunnelHealth> = store
+        .tunnels()?
+        .into_iter()
+        .map(|t| health::TunnelHealth {
+            tunnel: t.name,
+            state: t.state,
+            detail: t.detail,
+        })
+        .collect();
     let problems = health::problems(
         &peers.iter().map(|p| p.health.clone()).collect::<Vec<_>>(),
         &shares,
+        &tunnels,
     );
     let worst = problems.iter().map(|p| p.severity).max();
     let status = Status {
@@ -158,6 +169,7 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             .collect(),
         peers,
         shares,
+        tunnels,
         daemon: crate::daemon::running(&home.dir)?,
         health: match worst {
             None => "healthy",

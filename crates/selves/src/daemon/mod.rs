@@ -11,6 +11,8 @@
 //!   the interval; after a failure, sooner, with backoff;
 //! - a watcher per sending share ([`watch`]): a saved file is scanned
 //!   within a fraction of a second, which moves the log, which syncs;
+//! - a keeper per SSH tunnel ([`tunnel`]): one `ssh -N` child each,
+//!   restarted by how it failed, checked through the tunnel;
 //! - a supervisor that starts and stops those as peers and shares are
 //!   added and removed.
 //!
@@ -20,6 +22,7 @@
 mod lock;
 pub mod logfile;
 mod peer;
+pub mod tunnel;
 mod watch;
 
 use std::collections::HashMap;
@@ -30,7 +33,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use selves_server::{CHANGE_POLL, ChangeFeed};
-use selves_store::{Remote, Share, Store};
+use selves_store::{Remote, Share, Store, Tunnel};
 use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 
@@ -67,6 +70,7 @@ pub(crate) struct Ctx {
     pub interval: Duration,
     pub settle: Duration,
     pub stop: channel::Receiver<bool>,
+    pub home: PathBuf,
 }
 
 pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
@@ -94,6 +98,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
             interval: args.interval,
             settle: args.settle,
             stop: stop.clone(),
+            home: home.dir.clone(),
         });
         let server = match server {
             Some(setup) => {
@@ -145,10 +150,29 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
 async fn supervise(ctx: Arc<Ctx>) {
     let mut peers: HashMap<String, (PeerKey, JoinHandle<()>)> = HashMap::new();
     let mut shares: HashMap<String, (ShareKey, JoinHandle<()>)> = HashMap::new();
+    let mut tunnels: HashMap<String, (Tunnel, JoinHandle<()>)> = HashMap::new();
     let mut stop = ctx.stop.clone();
     loop {
         match load(&ctx.store).await {
-            Ok((remotes, all_shares)) => {
+            Ok((remotes, all_shares, all_tunnels)) => {
+                // A tunnel's task depends on its settings, not on the state
+                // its keeper records.
+                reconcile(
+                    &mut tunnels,
+                    all_tunnels.into_iter().map(|t| {
+                        (
+                            t.name.clone(),
+                            Tunnel {
+                                state: String::new(),
+                                detail: None,
+                                since: None,
+                                spawns: 0,
+                                ..t
+                            },
+                        )
+                    }),
+                    |t| tokio::spawn(tunnel::run(ctx.clone(), t.name.clone(), ctx.home.clone())),
+                );
                 reconcile(
                     &mut peers,
                     remotes
@@ -175,7 +199,8 @@ async fn supervise(ctx: Arc<Ctx>) {
     let tasks = peers
         .into_values()
         .map(|(_, t)| t)
-        .chain(shares.into_values().map(|(_, t)| t));
+        .chain(shares.into_values().map(|(_, t)| t))
+        .chain(tunnels.into_values().map(|(_, t)| t));
     let all = futures_util::future::join_all(tasks);
     if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
         tracing::warn!(
@@ -185,9 +210,11 @@ async fn supervise(ctx: Arc<Ctx>) {
     }
 }
 
-async fn load(store: &Arc<Store>) -> anyhow::Result<(Vec<Remote>, Vec<Share>)> {
+type Loaded = (Vec<Remote>, Vec<Share>, Vec<Tunnel>);
+
+async fn load(store: &Arc<Store>) -> anyhow::Result<Loaded> {
     let s = store.clone();
-    tokio::task::spawn_blocking(move || Ok((s.remotes()?, s.shares()?)))
+    tokio::task::spawn_blocking(move || Ok((s.remotes()?, s.shares()?, s.tunnels()?)))
         .await
         .context("worker failed")?
 }

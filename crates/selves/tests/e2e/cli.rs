@@ -229,6 +229,7 @@ fn help_lists_the_commands() {
           verify        Check that this node and a peer hold the same memory
           status        This node, its memory, heads and peers
           check         Check the database and the record logs for damage
+          tunnel        SSH tunnels the daemon keeps up
           service       Run the daemon as a service: systemd, launchd, termux-services
           demo          Run a local demo: three nodes syncing real data on loopback
           help          Print this message or the help of the given subcommand(s)

@@ -13,3 +13,4 @@ mod security;
 mod service;
 mod shares;
 mod sync;
+mod tunnels;
