@@ -137,11 +137,25 @@ fn tunnel(node: &Node) -> Value {
 /// is the tunnel's local port.
 fn spoke_behind_tunnel(hub: &Node, hub_port: u16, sshd: &Sshd, key: &Path) -> (Node, u16) {
     let spoke = Node::new("laptop");
+    let local = add_hub_behind_tunnel(&spoke, "hub", hub, hub_port, sshd, key);
+    (spoke, local)
+}
+
+/// Pairs `spoke` with `hub` as `alias` through a new forward tunnel of
+/// that name; returns the tunnel's local port.
+fn add_hub_behind_tunnel(
+    spoke: &Node,
+    alias: &str,
+    hub: &Node,
+    hub_port: u16,
+    sshd: &Sshd,
+    key: &Path,
+) -> u16 {
     let local = free_port();
     let blob = hub.ok(&[
         "invite",
         "--peer",
-        "laptop",
+        &spoke.name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -151,7 +165,7 @@ fn spoke_behind_tunnel(hub: &Node, hub_port: u16, sshd: &Sshd, key: &Path) -> (N
     spoke.ok(&[
         "peer",
         "add",
-        "hub",
+        alias,
         &format!("https://127.0.0.1:{local}"),
         &blob_token(blob.trim()),
         "--cert-fp",
@@ -161,7 +175,7 @@ fn spoke_behind_tunnel(hub: &Node, hub_port: u16, sshd: &Sshd, key: &Path) -> (N
     spoke.ok(&[
         "tunnel",
         "add",
-        "hub",
+        alias,
         "--ssh",
         &sshd.target(),
         "--forward",
@@ -169,7 +183,7 @@ fn spoke_behind_tunnel(hub: &Node, hub_port: u16, sshd: &Sshd, key: &Path) -> (N
         "--identity",
         key.to_str().unwrap(),
     ]);
-    (spoke, local)
+    local
 }
 
 fn daemon(spoke: &Node, sshd: &Sshd) -> Child {
@@ -351,37 +365,14 @@ fn two_tunnels_to_two_hubs_stay_independent() {
     let server_b = b.serve(&[]);
     let (spoke, _) = spoke_behind_tunnel(&a, server_a.addr.port(), &sshd, &sshd.key());
     // A second peer and tunnel on the same spoke, to hub b.
-    let local_b = free_port();
-    let blob = b.ok(&[
-        "invite",
-        "--peer",
-        "laptop",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &server_b.addr.port().to_string(),
-    ]);
-    spoke.ok(&[
-        "peer",
-        "add",
+    add_hub_behind_tunnel(
+        &spoke,
         "hub-b",
-        &format!("https://127.0.0.1:{local_b}"),
-        &blob_token(blob.trim()),
-        "--cert-fp",
-        &blob_fingerprint(blob.trim()).to_string(),
-        "--no-check",
-    ]);
-    spoke.ok(&[
-        "tunnel",
-        "add",
-        "hub-b",
-        "--ssh",
-        &sshd.target(),
-        "--forward",
-        &format!("{local_b}:{}", server_b.addr.port()),
-        "--identity",
-        sshd.key().to_str().unwrap(),
-    ]);
+        &b,
+        server_b.addr.port(),
+        &sshd,
+        &sshd.key(),
+    );
     let daemon = KillOnDrop(daemon(&spoke, &sshd));
     let pid = daemon.0.id();
     spoke.ok(&[
