@@ -51,6 +51,12 @@ impl Node {
         self.home.name().to_string()
     }
 
+    /// One sync round with the vps.
+    async fn sync(&self, vps: &PeerClient) -> anyhow::Result<SyncReport> {
+        let opts = SyncOptions::default();
+        Ok(selves_client::sync(self.store.clone(), &self.engine, vps, &opts, &NoProgress).await?)
+    }
+
     fn capture(&self, rows: Vec<Row>) -> anyhow::Result<u64> {
         let s = self.store.capture(
             rows,
@@ -254,33 +260,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("   phone captured {n} messages (its Telegram bot)");
 
         println!("\n4. sync: laptop ↔ vps, then phone ↔ vps (the phone never talks to the laptop)");
-        let opts = SyncOptions::default();
-        let r = selves_client::sync(
-            laptop.store.clone(),
-            &laptop.engine,
-            laptop_client,
-            &opts,
-            &NoProgress,
-        )
-        .await?;
+        let r = laptop.sync(laptop_client).await?;
         say("laptop", &r);
-        let r = selves_client::sync(
-            phone.store.clone(),
-            &phone.engine,
-            phone_client,
-            &opts,
-            &NoProgress,
-        )
-        .await?;
+        let r = phone.sync(phone_client).await?;
         say("phone", &r);
-        let r = selves_client::sync(
-            laptop.store.clone(),
-            &laptop.engine,
-            laptop_client,
-            &opts,
-            &NoProgress,
-        )
-        .await?;
+        let r = laptop.sync(laptop_client).await?;
         say("laptop", &r);
 
         println!("\n5. the same message edited on two machines at once");
@@ -301,22 +285,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         laptop.capture(vec![on_laptop])?;
         phone.capture(vec![on_phone])?;
         for _ in 0..2 {
-            selves_client::sync(
-                laptop.store.clone(),
-                &laptop.engine,
-                laptop_client,
-                &opts,
-                &NoProgress,
-            )
-            .await?;
-            selves_client::sync(
-                phone.store.clone(),
-                &phone.engine,
-                phone_client,
-                &opts,
-                &NoProgress,
-            )
-            .await?;
+            laptop.sync(laptop_client).await?;
+            phone.sync(phone_client).await?;
         }
         for n in [&laptop, &vps, &phone] {
             let row = n
@@ -452,9 +422,8 @@ async fn knowledge_round(
     for (n, share, _) in folders {
         n.engine.scan(share, false, now_ms())?;
     }
-    let opts = SyncOptions::default();
     for (n, client) in [spokes[0], spokes[1], spokes[0]] {
-        let r = selves_client::sync(n.store.clone(), &n.engine, client, &opts, &NoProgress).await?;
+        let r = n.sync(client).await?;
         if let Some(e) = r.shares.iter().find_map(|s| s.error.as_ref()) {
             anyhow::bail!("{}: share sync stopped: {e}", n.name());
         }

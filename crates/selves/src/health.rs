@@ -180,10 +180,13 @@ pub fn problems(
                 span(p.silent_ms)
             ),
             PeerState::Healing => format!(
-                "⚠ sync to {} failing ({} in a row, last success {} ago), retrying{waiting}{why}",
+                "⚠ sync to {} failing ({} in a row, {}), retrying{waiting}{why}",
                 p.peer,
                 p.consecutive_failures,
-                span(p.silent_ms)
+                match p.last_success_at {
+                    Some(_) => format!("last success {} ago", span(p.silent_ms)),
+                    None => "never synced yet".to_owned(),
+                }
             ),
             PeerState::NeverSynced => format!(
                 "⚠ {} has never synced: run `selves sync {}` or start the daemon{waiting}",
@@ -297,6 +300,18 @@ mod tests {
         assert_eq!(
             p[0].line,
             "⚠ sync to vps failing (2 in a row, last success 5 min ago), retrying — 3 memories not backed up (network: network trouble)"
+        );
+    }
+
+    #[test]
+    fn a_failing_peer_that_never_synced_does_not_claim_a_last_success() {
+        let mut r = failing(remote(), "network", 1);
+        r.added_at = NOW - 60_000;
+        let h = assess(&r, 0, NOW);
+        assert_eq!(h.state, PeerState::Healing);
+        assert_eq!(
+            problems(&[h], &[], &[])[0].line,
+            "⚠ sync to vps failing (1 in a row, never synced yet), retrying (network: network trouble)"
         );
     }
 
