@@ -173,6 +173,16 @@ impl PeerClient {
         Ok(self.parse::<native::Changes>(&bytes)?.version)
     }
 
+    /// `POST /v1/marker`: the join self-test.
+    pub async fn marker(
+        &self,
+        req: &native::MarkerRequest,
+    ) -> Result<native::MarkerResponse, SyncError> {
+        let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;
+        let bytes = self.send(self.post(native::path::MARKER, body)).await?;
+        self.parse(&bytes)
+    }
+
     /// The raw pull response, parsed by the caller off the async threads.
     pub async fn pull(&self, req: &PullRequest) -> Result<bytes::Bytes, SyncError> {
         let body = serde_json::to_vec(req).map_err(|e| self.protocol(e))?;

@@ -59,6 +59,10 @@ pub trait Progress: Send + Sync {
     fn waiting(&self, _why: &str, _wait: Duration) {}
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
@@ -75,6 +79,12 @@ pub struct SyncReport {
     pub pulled: u64,
     /// Records the peer newly stored.
     pub pushed: u64,
+    /// Node cards (stream `nodes`) received and sent; not in `pulled`
+    /// and `pushed`, which count memory.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cards_pulled: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cards_pushed: u64,
     /// Rows whose state changed here.
     pub changed_rows: u64,
     /// Records either side already held (harmless repeats).
@@ -130,6 +140,8 @@ impl SyncReport {
             protocol,
             pulled: 0,
             pushed: 0,
+            cards_pulled: 0,
+            cards_pushed: 0,
             changed_rows: 0,
             duplicates: 0,
             voided: Vec::new(),
@@ -256,21 +268,25 @@ async fn run_round(
     let hello = handshake_counted(store, client, opts, progress, counters).await?;
     let s = store.clone();
     let ours = blocking(move || Ok(s.heads()?)).await?;
-    // Memory here; shares after it, by the share engine.
+    // Memory, then node cards, here; shares after them, by the share engine.
     let to_pull = ahead(&hello.heads, &ours, StreamName::is_memory);
     let to_push = ahead(&ours, &hello.heads, |s| {
         s.is_memory() && hello.streams.contains(s)
     });
+    let cards_pull = ahead(&hello.heads, &ours, StreamName::is_nodes);
+    let cards_push = ahead(&ours, &hello.heads, |s| {
+        s.is_nodes() && hello.streams.contains(s)
+    });
     let s = store.clone();
     let carried = blocking(move || Ok(s.streams()?)).await?;
-    let shared = |s: &StreamName| !s.is_memory() && carried.contains(s);
+    let shared = |s: &StreamName| s.is_share() && carried.contains(s);
     let share_pull = remaining(&ahead(&hello.heads, &ours, shared));
     let share_push = remaining(&ahead(&ours, &hello.heads, |s| {
         shared(s) && hello.streams.contains(s)
     }));
     progress.planned(
-        remaining(&to_pull) + share_pull,
-        remaining(&to_push) + share_push,
+        remaining(&to_pull) + remaining(&cards_pull) + share_pull,
+        remaining(&to_push) + remaining(&cards_push) + share_push,
     );
 
     let mut report = SyncReport::new(
@@ -306,6 +322,38 @@ async fn run_round(
         &mut report,
     )
     .await?;
+    if !cards_pull.is_empty() || !cards_push.is_empty() {
+        let mut cards = SyncReport::new(String::new(), None, "selves");
+        pull_all(
+            store,
+            client,
+            opts,
+            progress,
+            counters,
+            cards_pull,
+            batch_records,
+            started,
+            &mut cards,
+        )
+        .await?;
+        push_all(
+            store,
+            client,
+            opts,
+            progress,
+            counters,
+            cards_push,
+            push_records,
+            hello.limits.max_body_bytes,
+            started,
+            &mut cards,
+        )
+        .await?;
+        report.cards_pulled = cards.pulled;
+        report.cards_pushed = cards.pushed;
+        report.duplicates += cards.duplicates;
+        report.voided.extend(cards.voided);
+    }
     report.peer_heads = hello
         .heads
         .iter()

@@ -148,6 +148,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route(native::path::PUSH, post(push))
         .route(native::path::DIGEST, get(digest))
         .route(native::path::CHANGES, get(changes))
+        .route(native::path::MARKER, post(marker))
         .route(blob_path::WANTS, post(crate::shares::wants))
         .route(blob_path::GET, post(crate::shares::get))
         .route(blob_path::PUT, post(crate::shares::put))
@@ -332,7 +333,7 @@ async fn hello(
             .filter(|h| carried.contains(&h.stream))
             .collect();
         // What this node takes pushes for: memory, and shares it receives.
-        let mut accepts = vec![StreamName::memory()];
+        let mut accepts = vec![StreamName::memory(), StreamName::nodes()];
         accepts.extend(
             store
                 .shares()?
@@ -423,7 +424,7 @@ async fn push(
         }
         reorder.wait_for_predecessors(&store, &batches)?;
         let (memory, shared): (Vec<_>, Vec<_>) =
-            batches.into_iter().partition(|b| b.stream.is_memory());
+            batches.into_iter().partition(|b| !b.stream.is_share());
         // The answer acknowledges these records: they must be on disk first.
         let summary = store.apply(memory, selves_store::Durability::Full);
         let shared = summary
@@ -493,6 +494,45 @@ async fn changes(
             () = &mut deadline => return Ok(Json(native::Changes { version })),
         }
     }
+}
+
+/// The join self-test: if this node holds the caller's card with the
+/// marker it pushed, writes this node's card with the caller's new marker
+/// (durably) for the caller to pull.
+async fn marker(
+    State(app): State<Arc<App>>,
+    Extension(Caller(peer)): Extension<Caller>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<native::MarkerResponse>, ApiError> {
+    let bytes = read_body(&headers, body, 4096).await?;
+    let req: native::MarkerRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed marker request: {e}")))?;
+    for m in [&req.seen, &req.write] {
+        selves_wire::card::check_marker(m).map_err(ApiError::BadRequest)?;
+    }
+    let store = app.store.clone();
+    let software = app.software.clone();
+    let resp = blocking(move || {
+        let held = store.card(&req.node)?;
+        if held.and_then(|c| c.marker).as_deref() != Some(req.seen.as_str()) {
+            return Ok(native::MarkerResponse {
+                seen: false,
+                seq: 0,
+            });
+        }
+        let (_, seq) = store.write_own_card(now_ms(), |card| {
+            card.marker = Some(req.write);
+            card.software = software;
+        })?;
+        Ok(native::MarkerResponse { seen: true, seq })
+    })
+    .await?;
+    if resp.seen {
+        app.changes.poke();
+    }
+    tracing::info!(%peer, seen = resp.seen, "join self-test marker");
+    Ok(Json(resp))
 }
 
 async fn digest(State(app): State<Arc<App>>) -> Result<Json<DigestResponse>, ApiError> {

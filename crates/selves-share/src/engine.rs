@@ -66,6 +66,17 @@ pub enum ShareError {
     },
 }
 
+/// What [`Engine::write_generated`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Generated {
+    Unchanged,
+    /// Written; a file there that selves had not generated was kept at
+    /// `kept` first.
+    Written {
+        kept: Option<RelPath>,
+    },
+}
+
 /// What a scan found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ScanReport {
@@ -151,6 +162,54 @@ impl Engine {
     fn me(&self) -> (&NodeId, &Name) {
         let me = self.store.me();
         (&me.id, &me.name)
+    }
+
+    /// Writes a file the scan never records (one that is generated on
+    /// every node, such as `SELVES.md`), under the share's lock so no scan
+    /// or apply runs meanwhile, and only if its content differs. A file
+    /// already there that does not start with `header` was not generated:
+    /// it is copied to `keep_as` (or `keep_as` numbered, if taken) first,
+    /// so nothing is lost.
+    pub fn write_generated(
+        &self,
+        share: &Share,
+        path: &RelPath,
+        content: &[u8],
+        header: &[u8],
+        keep_as: &RelPath,
+    ) -> Result<Generated, ShareError> {
+        let _lock = self.lock(share)?;
+        let root = Root::open(&share.root).map_err(|e| self.root_error(share, e))?;
+        let held = match root.open_read(path)? {
+            Some(mut f) => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| FsError::io(path, e))?;
+                Some(bytes)
+            }
+            None => None,
+        };
+        let mut kept = None;
+        match held {
+            Some(bytes) if bytes == content => return Ok(Generated::Unchanged),
+            Some(bytes) if !bytes.starts_with(header) => {
+                let mut target = keep_as.clone();
+                let mut n = 1;
+                while root.stat(&target)?.is_some() {
+                    n += 1;
+                    let numbered = match keep_as.as_str().rsplit_once('.') {
+                        Some((stem, ext)) => format!("{stem}-{n}.{ext}"),
+                        None => format!("{}-{n}", keep_as.as_str()),
+                    };
+                    target = RelPath::parse(&numbered)
+                        .map_err(|e| FsError::io(keep_as, std::io::Error::other(e.to_string())))?;
+                }
+                root.write(&target, |f| f.write_all(&bytes))?;
+                kept = Some(target);
+            }
+            _ => {}
+        }
+        root.write(path, |f| f.write_all(content))?;
+        Ok(Generated::Written { kept })
     }
 
     /// Captures what changed in a share's folder since the last scan.
@@ -607,6 +666,7 @@ impl Engine {
                     Received::Void(why)
                 }
                 Record::Row(_) => Received::Void("a memory row in a share stream".into()),
+                Record::Node(_) => Received::Void("a node card in a share stream".into()),
                 Record::File(v) => {
                     let path = v.path.clone();
                     match step.incoming(origin.clone(), *v) {

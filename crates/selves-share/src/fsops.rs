@@ -33,7 +33,7 @@ pub enum FsError {
 }
 
 impl FsError {
-    fn io(path: &RelPath, e: impl Into<std::io::Error>) -> FsError {
+    pub(crate) fn io(path: &RelPath, e: impl Into<std::io::Error>) -> FsError {
         FsError::Io {
             path: path.to_string(),
             source: e.into(),

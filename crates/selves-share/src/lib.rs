@@ -20,4 +20,4 @@ pub mod pipe;
 pub mod secrets;
 pub mod walk;
 
-pub use engine::{Engine, ScanReport, ShareError};
+pub use engine::{Engine, Generated, ScanReport, ShareError};

@@ -18,6 +18,8 @@ use crate::fsops::FsError;
 
 /// Never synced, whatever `.selvesignore` says.
 pub const BUILT_IN_IGNORES: &[&str] = &[
+    // Generated on every node from the node cards (never a conflict).
+    "/SELVES.md",
     // Secrets.
     ".env*",
     "*.pem",

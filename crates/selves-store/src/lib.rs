@@ -14,6 +14,7 @@
 //! method is blocking, so async callers use `spawn_blocking`. All SQL of
 //! selves lives in this crate.
 
+pub mod cards;
 pub mod log;
 pub mod memex;
 pub mod memory;
@@ -97,6 +98,8 @@ pub enum StoreError {
     ShareRootChanged { name: Name, old: String },
     #[error("no share named {0} (see `selves share list`)")]
     NoSuchShare(String),
+    #[error("node card refused: {0}")]
+    BadCard(String),
 }
 
 impl From<rusqlite::types::FromSqlError> for StoreError {
@@ -168,6 +171,7 @@ pub struct Me {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Streams {
     pub memory: i64,
+    pub nodes: i64,
 }
 
 pub struct Store {
@@ -236,6 +240,7 @@ impl Store {
         }
         let idx = log::node_index(&tx, id, Some(name.as_str()))?;
         let memory = log::stream_index(&tx, &StreamName::memory())?;
+        let nodes = log::stream_index(&tx, &StreamName::nodes())?;
         let instance: String =
             tx.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
                 r.get(0)
@@ -250,7 +255,7 @@ impl Store {
                 name: name.clone(),
                 idx,
             },
-            streams: Streams { memory },
+            streams: Streams { memory, nodes },
             instance,
             writer: Mutex::new(Writer {
                 conn: writer,
@@ -418,8 +423,9 @@ impl Store {
             "SELECT COUNT(*) FROM records r
              WHERE r.target IS NOT NULL AND CASE
                 WHEN r.stream = ?1 THEN NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.target)
+                WHEN r.stream = ?2 THEN NOT EXISTS (SELECT 1 FROM cards c WHERE c.node = r.target)
                 ELSE NOT EXISTS (SELECT 1 FROM files f WHERE f.id = r.target) END",
-            [self.streams.memory],
+            [self.streams.memory, self.streams.nodes],
             |row| row.get(0),
         )?;
         if dangling > 0 {

@@ -144,14 +144,15 @@ pub fn approx_record_bytes(rec: &Record) -> usize {
                     .map_or(0, String::len)
         }
         Record::File(f) => 300 + f.path.as_str().len() + 40 * f.vv.0.len(),
+        Record::Node(c) => 300 + c.role.len() + c.location.len() + c.interface.len(),
         Record::Void(why) => 16 + why.len(),
     }
 }
 
 impl Store {
-    /// The streams this node carries: memory and one per share.
+    /// The streams this node carries: memory, node cards and one per share.
     pub fn streams(&self) -> Result<Vec<StreamName>> {
-        let mut out = vec![StreamName::memory()];
+        let mut out = vec![StreamName::memory(), StreamName::nodes()];
         out.extend(self.shares()?.into_iter().map(|s| s.stream));
         Ok(out)
     }
@@ -160,6 +161,9 @@ impl Store {
     fn carried(&self, stream: &StreamName) -> Result<i64> {
         if stream.is_memory() {
             return Ok(self.streams.memory);
+        }
+        if stream.is_nodes() {
+            return Ok(self.streams.nodes);
         }
         match self.share_of(stream)? {
             Some(share) => Ok(share.stream_idx),
@@ -244,12 +248,16 @@ impl Store {
             let mut insert_record = tx.prepare_cached(INSERT_RECORD)?;
             let mut touched = BTreeMap::new();
             for batch in batches {
-                if !batch.stream.is_memory() {
+                let stream = if batch.stream.is_memory() {
+                    self.streams.memory
+                } else if batch.stream.is_nodes() {
+                    self.streams.nodes
+                } else {
                     // Share records are resolved against the folder by the
                     // share engine, which commits them with commit_share.
                     return Err(StoreError::UnknownStream(batch.stream));
-                }
-                let stream = self.streams.memory;
+                };
+                let cards = stream == self.streams.nodes;
                 let len = batch.records.len() as u64;
                 if len == 0 {
                     continue;
@@ -284,9 +292,25 @@ impl Store {
                         continue;
                     }
                     let (target, void) = match record {
-                        Record::File(_) => {
-                            (None, Some("a file version in the memory stream".into()))
+                        Record::File(_) => (None, Some("a file version outside a share".into())),
+                        Record::Node(_) if !cards => {
+                            (None, Some("a node card in the memory stream".into()))
                         }
+                        Record::Row(_) if cards => {
+                            (None, Some("a memory row in the nodes stream".into()))
+                        }
+                        Record::Node(card) => match card.check() {
+                            Err(e) => (None, Some(e)),
+                            // A node writes only its own card.
+                            Ok(()) if card.id != batch.node => (
+                                None,
+                                Some(format!("a card for node {} in the log of another", card.id)),
+                            ),
+                            Ok(()) => {
+                                crate::cards::put_card(tx, node, &card)?;
+                                (Some(node), None)
+                            }
+                        },
                         Record::Row(mut row) => {
                             normalise(&mut row);
                             match row.validate() {
@@ -369,6 +393,7 @@ impl Store {
             let Some(node) = node else { continue };
             let budget = max_records - out.records;
             let memory = range.stream.is_memory();
+            let cards = range.stream.is_nodes();
             let query = params![node, stream, range.after as i64, budget as i64 + 1];
             let mut rows = if memory {
                 stmt.query(query)?
@@ -382,6 +407,11 @@ impl Store {
                 let record = match void {
                     Some(why) => Record::Void(why),
                     None if memory => Record::Row(Box::new(read_row(row, 2)?)),
+                    // A card record serves its node's newest card.
+                    None if cards => crate::cards::card_of(&r, row.get(2)?)?.map_or_else(
+                        || Record::Void("the node card is missing".into()),
+                        |c| Record::Node(Box::new(c)),
+                    ),
                     // A share record serves its path's current version.
                     None => Store::served_file(&r, row.get(2)?)?
                         .unwrap_or_else(|| Record::Void("the file entry is missing".into())),

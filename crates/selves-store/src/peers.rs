@@ -90,6 +90,8 @@ pub struct Remote {
     /// No success for this long and the remote counts as down (`None`:
     /// the default, an hour).
     pub down_after_ms: Option<i64>,
+    /// When `selves join` finished with this remote (its self-test passed).
+    pub joined_at: Option<Millis>,
 }
 
 /// How a sync attempt with a remote ended, for status.
@@ -300,7 +302,7 @@ impl Store {
         let mut stmt = r.prepare(
             "SELECT alias, url, token, cert_fp, insecure, node_id, node_name, added_at,
                     last_attempt_at, last_success_at, consecutive_failures, last_error,
-                    last_error_class, protocol, pulled_to, pushed_to, down_after_ms
+                    last_error_class, protocol, pulled_to, pushed_to, down_after_ms, joined_at
              FROM remotes ORDER BY alias",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -332,6 +334,7 @@ impl Store {
                 last_error: r.get(11)?,
                 last_error_class: r.get(12)?,
                 down_after_ms: r.get(16)?,
+                joined_at: r.get(17)?,
             }))
         })?;
         let mut out = Vec::new();
@@ -339,6 +342,16 @@ impl Store {
             out.extend(row?);
         }
         Ok(out)
+    }
+
+    /// Notes that `selves join` finished with `alias`.
+    pub fn set_joined(&self, alias: &str, at: Millis) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE remotes SET joined_at = ?2 WHERE alias = ?1",
+                params![alias, at],
+            )? > 0)
+        })
     }
 
     pub fn remove_remote(&self, alias: &str) -> Result<bool> {

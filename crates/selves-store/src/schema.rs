@@ -212,6 +212,17 @@ const MIGRATIONS: &[&str] = &[
         spawns      INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     "#,
+    // 6: node cards (stream `nodes`): the newest card of each node, as
+    // JSON; a `nodes` record points at its node's card (`target` =
+    // nodes.id) and is served as the card held now. When a join finished.
+    r#"
+    CREATE TABLE cards (
+        node       INTEGER PRIMARY KEY,
+        updated_at INTEGER NOT NULL,
+        card       TEXT NOT NULL
+    );
+    ALTER TABLE remotes ADD COLUMN joined_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

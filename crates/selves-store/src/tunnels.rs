@@ -27,6 +27,32 @@ pub struct Tunnel {
     pub spawns: u64,
 }
 
+impl Tunnel {
+    /// A tunnel as configured, its keeper not yet started.
+    pub fn new(
+        name: String,
+        ssh: String,
+        kind: &str,
+        (local_port, remote_port): (u16, u16),
+        identity: Option<String>,
+        added_at: Millis,
+    ) -> Tunnel {
+        Tunnel {
+            name,
+            ssh,
+            kind: kind.to_owned(),
+            local_port,
+            remote_port,
+            identity,
+            added_at,
+            state: "stopped".into(),
+            detail: None,
+            since: None,
+            spawns: 0,
+        }
+    }
+}
+
 impl Store {
     /// Adds or replaces a tunnel (its state starts afresh).
     pub fn put_tunnel(&self, t: &Tunnel) -> Result<()> {

@@ -349,6 +349,72 @@ fn void_records_hold_their_place() {
 }
 
 #[test]
+fn node_cards_relay_newest_wins_and_forged_cards_are_void() {
+    let (a, b, c) = (node(1, "a"), node(2, "b"), node(3, "c"));
+    a.store
+        .write_own_card(100, |card| card.role = "hub".into())
+        .unwrap();
+    let (second, seq) = a
+        .store
+        .write_own_card(50, |card| card.location = "VPS".into())
+        .unwrap();
+    // Stamped past the card it replaces, whatever the clock said.
+    assert_eq!((second.updated_at, seq), (101, 2));
+    assert_eq!(second.role, "hub");
+    // A relays to C through B: C holds A's newest card.
+    sync(&a.store, &b.store, 1);
+    sync(&b.store, &c.store, 1);
+    let held = c.store.card(&a.store.me().id).unwrap().unwrap();
+    assert_eq!(held, second);
+    assert_eq!(
+        c.store
+            .head(&a.store.me().id, &StreamName::nodes())
+            .unwrap(),
+        2
+    );
+    assert!(c.store.check().unwrap().is_empty());
+
+    // B may not speak for C: a card for C in B's log is void, and C's
+    // card held elsewhere is untouched.
+    let forged =
+        selves_wire::card::NodeCard::new(c.store.me().id.clone(), "c".parse().unwrap(), i64::MAX);
+    let summary = a
+        .store
+        .apply(
+            vec![RecordBatch {
+                node: b.store.me().id.clone(),
+                stream: StreamName::nodes(),
+                start: 1,
+                records: vec![Record::Node(Box::new(forged))],
+            }],
+            Durability::Full,
+        )
+        .unwrap();
+    assert_eq!(summary.voided.len(), 1, "{summary:?}");
+    assert!(summary.voided[0].reason.contains("another"));
+    assert!(a.store.card(&c.store.me().id).unwrap().is_none());
+    // A row in the nodes stream, or a card in the memory stream, is void.
+    let summary = a
+        .store
+        .apply(
+            vec![RecordBatch {
+                node: c.store.me().id.clone(),
+                stream: StreamName::memory(),
+                start: 1,
+                records: vec![Record::Node(Box::new(selves_wire::card::NodeCard::new(
+                    c.store.me().id.clone(),
+                    "c".parse().unwrap(),
+                    1,
+                )))],
+            }],
+            Durability::Full,
+        )
+        .unwrap();
+    assert_eq!(summary.voided.len(), 1);
+    assert_eq!(a.store.cards().unwrap().len(), 1);
+}
+
+#[test]
 fn search_accepts_any_text_and_follows_edits() {
     let a = node(1, "a");
     let mut other = row("c", "3", "zebra from elsewhere");

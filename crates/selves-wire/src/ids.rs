@@ -180,6 +180,17 @@ impl StreamName {
     pub fn is_memory(&self) -> bool {
         self.0 == Self::MEMORY
     }
+    pub fn nodes() -> Self {
+        StreamName(Self::NODES.to_owned())
+    }
+    pub fn is_nodes(&self) -> bool {
+        self.0 == Self::NODES
+    }
+    /// A share's stream (`share:<name>`), resolved by the share engine;
+    /// the others (`memory`, `nodes`) are materialised by the store.
+    pub fn is_share(&self) -> bool {
+        self.0.starts_with("share:")
+    }
 }
 
 impl std::str::FromStr for StreamName {

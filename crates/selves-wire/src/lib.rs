@@ -10,8 +10,10 @@
 //! - [`native`]: the native sync protocol (heads and record ranges).
 //! - [`pair`]: the `selves-pair:` blob a hub prints and a spoke pastes.
 //! - [`file`]: share paths ([`file::RelPath`]), version vectors, file versions.
+//! - [`card`]: node cards (stream `nodes`).
 //! - [`memex`]: memex v12 compatibility.
 
+pub mod card;
 pub mod file;
 pub mod ids;
 pub mod memex;

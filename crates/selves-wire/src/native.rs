@@ -12,7 +12,8 @@ use serde_json::value::RawValue;
 use crate::{Name, NodeId, Row, StreamName};
 
 /// The protocol this build speaks. A different `major` refuses to sync.
-pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+/// Minor 1 added the `nodes` stream (node cards) and `/v1/marker`.
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
 pub mod path {
     pub const HELLO: &str = "/v1/hello";
@@ -21,6 +22,30 @@ pub mod path {
     pub const DIGEST: &str = "/v1/digest";
     /// `GET /v1/changes?after=N`: a long poll (see [`super::Changes`]).
     pub const CHANGES: &str = "/v1/changes";
+    /// `POST /v1/marker`: the join self-test (see [`super::MarkerRequest`]).
+    pub const MARKER: &str = "/v1/marker";
+}
+
+/// `POST /v1/marker`: the join self-test. The server checks that it holds
+/// the caller's card with marker `seen` (the caller pushed it just before),
+/// and only then writes its own card with marker `write`, durably, for the
+/// caller to pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerRequest {
+    /// The caller's node id.
+    pub node: NodeId,
+    pub seen: String,
+    pub write: String,
+}
+
+/// The answer to `POST /v1/marker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerResponse {
+    /// Whether the server holds the caller's card with marker `seen`.
+    pub seen: bool,
+    /// The seq of the server's card carrying marker `write` in its `nodes`
+    /// stream (0 when `seen` is false and nothing was written).
+    pub seq: u64,
 }
 
 /// How long a `/v1/changes` request waits for a change before answering
@@ -136,6 +161,8 @@ pub enum Record {
     Row(Box<Row>),
     /// A file version (stream `share:<name>`).
     File(Box<crate::file::FileVersion>),
+    /// A node card (stream `nodes`).
+    Node(Box<crate::card::NodeCard>),
     Void(String),
 }
 
@@ -217,6 +244,10 @@ fn check_record(record: &mut Record) {
         },
         Record::File(file) => match file.check() {
             Err(e) => e.to_owned(),
+            Ok(()) => return,
+        },
+        Record::Node(card) => match card.check() {
+            Err(e) => e,
             Ok(()) => return,
         },
         Record::Void(_) => return,
@@ -329,7 +360,7 @@ mod tests {
             },
             server_now_ms: 1716800000000,
         };
-        expect_test::expect![[r#"{"protocol":{"major":1,"minor":0},"software":"selves 0.1.0","node":{"id":"01010101010101010101010101010101","name":"vps"},"you":"laptop","streams":["memory"],"heads":[{"node":"01010101010101010101010101010101","stream":"memory","seq":42}],"nodes":[{"id":"01010101010101010101010101010101","name":"vps"}],"limits":{"max_body_bytes":8388608,"max_push_records":5000,"max_pull_records":5000,"max_pull_bytes":4194304},"server_now_ms":1716800000000}"#]]
+        expect_test::expect![[r#"{"protocol":{"major":1,"minor":1},"software":"selves 0.1.0","node":{"id":"01010101010101010101010101010101","name":"vps"},"you":"laptop","streams":["memory"],"heads":[{"node":"01010101010101010101010101010101","stream":"memory","seq":42}],"nodes":[{"id":"01010101010101010101010101010101","name":"vps"}],"limits":{"max_body_bytes":8388608,"max_push_records":5000,"max_pull_records":5000,"max_pull_bytes":4194304},"server_now_ms":1716800000000}"#]]
         .assert_eq(&serde_json::to_string(&hello).unwrap());
     }
 

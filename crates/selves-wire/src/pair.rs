@@ -1,6 +1,8 @@
-//! The `selves-pair:` blob: everything a spoke needs to reach and trust a
-//! hub, in one pasteable line (base64url of JSON, with a check against
-//! damage and an expiry).
+//! The `selves-pair:` and `selves-join:` blobs: everything a spoke needs to
+//! reach and trust a hub, in one pasteable line (base64url of JSON, with a
+//! check against damage and an expiry). A join blob is a pair blob that
+//! `selves join` takes whole: it may also name an SSH target to tunnel
+//! through.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -8,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{CertFingerprint, Name, NodeId, Token, UnixSeconds};
 
 pub const PAIR_PREFIX: &str = "selves-pair:";
+pub const JOIN_PREFIX: &str = "selves-join:";
 pub const PAIR_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,13 +28,26 @@ pub struct PairBlob {
     pub node_id: NodeId,
     /// The name the hub knows this spoke by.
     pub peer: Name,
+    /// `user@host[:port]` to reach the hub through an SSH tunnel to
+    /// `127.0.0.1:port` on that host (join blobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub check: String,
 }
 
+/// Which line a blob came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    Pair,
+    Join,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PairError {
-    #[error("this is not a selves pair blob: copy the whole line that starts with `selves-pair:`")]
+    #[error(
+        "this is not a selves pair or join blob: copy the whole line that starts with `selves-pair:` or `selves-join:`"
+    )]
     NotABlob,
     #[error(
         "this pair blob is version {0}, and this selves understands version {PAIR_VERSION}: upgrade selves here, or ask the hub for a blob from the same version"
@@ -42,29 +58,60 @@ pub enum PairError {
     )]
     Damaged,
     #[error(
-        "this pair blob expired {ago_secs} s ago: ask the hub for a new one (`selves invite --peer NAME` there)"
+        "this blob expired {ago_secs} s ago: ask the hub for a new one (`selves invite --peer NAME` there, with --join for a join blob)"
     )]
     Expired { ago_secs: i64 },
 }
 
 impl PairBlob {
-    /// The blob as one line, with its check filled in.
+    /// The blob as one `selves-pair:` line, with its check filled in.
     pub fn encode(&self) -> String {
+        self.encode_as(BlobKind::Pair)
+    }
+
+    /// The blob as one line of the given kind, with its check filled in.
+    pub fn encode_as(&self, kind: BlobKind) -> String {
         let mut blob = self.clone();
         blob.check = blob.compute_check();
         let json = serde_json::to_vec(&blob).expect("pair blob serialises");
+        let prefix = match kind {
+            BlobKind::Pair => PAIR_PREFIX,
+            BlobKind::Join => JOIN_PREFIX,
+        };
         format!(
-            "{PAIR_PREFIX}{}",
+            "{prefix}{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
         )
     }
 
-    /// Parses and checks a pasted blob (surrounding whitespace is ignored).
+    /// Parses and checks a pasted `selves-pair:` or `selves-join:` line
+    /// (surrounding whitespace is ignored), refusing it once expired.
     pub fn decode(text: &str, now: UnixSeconds) -> Result<PairBlob, PairError> {
-        let body = text
-            .trim()
-            .strip_prefix(PAIR_PREFIX)
-            .ok_or(PairError::NotABlob)?;
+        let (blob, _) = PairBlob::parse(text)?;
+        blob.unexpired(now)?;
+        Ok(blob)
+    }
+
+    /// Refuses the blob once its expiry has passed.
+    pub fn unexpired(&self, now: UnixSeconds) -> Result<(), PairError> {
+        if self.exp <= now {
+            return Err(PairError::Expired {
+                ago_secs: now - self.exp,
+            });
+        }
+        Ok(())
+    }
+
+    /// Parses and checks a pasted line without looking at its expiry.
+    pub fn parse(text: &str) -> Result<(PairBlob, BlobKind), PairError> {
+        let text = text.trim();
+        let (kind, body) = match text.strip_prefix(PAIR_PREFIX) {
+            Some(body) => (BlobKind::Pair, body),
+            None => (
+                BlobKind::Join,
+                text.strip_prefix(JOIN_PREFIX).ok_or(PairError::NotABlob)?,
+            ),
+        };
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(body.trim_end_matches('='))
             .map_err(|_| PairError::NotABlob)?;
@@ -82,12 +129,7 @@ impl PairBlob {
         if blob.check != blob.compute_check() {
             return Err(PairError::Damaged);
         }
-        if blob.exp <= now {
-            return Err(PairError::Expired {
-                ago_secs: now - blob.exp,
-            });
-        }
-        Ok(blob)
+        Ok((blob, kind))
     }
 
     /// `https://host:port`, bracketing an IPv6 host.
@@ -130,8 +172,36 @@ mod tests {
             node: "vps".parse().unwrap(),
             node_id: NodeId::from_bytes([1; 16]),
             peer: "laptop".parse().unwrap(),
+            ssh: None,
             check: String::new(),
         }
+    }
+
+    #[test]
+    fn join_blobs_carry_the_ssh_target() {
+        let join = PairBlob {
+            ssh: Some("me@vps.example:2222".into()),
+            ..blob()
+        };
+        let text = join.encode_as(BlobKind::Join);
+        assert!(text.starts_with(JOIN_PREFIX));
+        let (back, kind) = PairBlob::parse(&text).unwrap();
+        assert_eq!(kind, BlobKind::Join);
+        assert_eq!(back.ssh.as_deref(), Some("me@vps.example:2222"));
+        // Expiry is checked apart from parsing.
+        assert!(back.unexpired(1_000).is_ok());
+        assert_eq!(
+            back.unexpired(2_000),
+            Err(PairError::Expired { ago_secs: 0 })
+        );
+        // A pair blob is unchanged by the new field: none is written.
+        let b64 = blob().encode()[PAIR_PREFIX.len()..].to_owned();
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64)
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(value.get("ssh").is_none() && value.get("token").is_some());
+        assert_eq!(PairBlob::parse(&blob().encode()).unwrap().1, BlobKind::Pair);
     }
 
     #[test]

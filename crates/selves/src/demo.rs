@@ -36,9 +36,13 @@ struct Node {
 }
 
 impl Node {
-    fn new(base: &std::path::Path, name: &str) -> anyhow::Result<Node> {
+    fn new(base: &std::path::Path, name: &str, role: &str, location: &str) -> anyhow::Result<Node> {
         let home = home::init(&base.join(name), name.parse()?)?;
         let store = home.open_store()?;
+        crate::identity::write_own(&store, |card| {
+            card.role = role.to_owned();
+            card.location = location.to_owned();
+        })?;
         let engine = home.open_engine(&store)?;
         Ok(Node {
             home,
@@ -153,9 +157,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("selves demo: three nodes in {}\n", base.display());
 
     println!("1. create the nodes (id, name, self-signed TLS certificate, SQLite store)");
-    let vps = Node::new(&base, "vps")?;
-    let laptop = Node::new(&base, "laptop")?;
-    let phone = Node::new(&base, "phone")?;
+    let vps = Node::new(&base, "vps", "the hub every node syncs through", "a VPS")?;
+    let laptop = Node::new(&base, "laptop", "daily work in the terminal", "a laptop")?;
+    let phone = Node::new(&base, "phone", "voice notes on the go", "Android (Termux)")?;
     for n in [&vps, &laptop, &phone] {
         println!(
             "   {:<7} {}  certificate {}",
@@ -402,6 +406,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 &d.digest[..16]
             );
         }
+        println!("\n9. who is who: every node's card reached every node; each renders SELVES.md");
+        for n in [&vps, &laptop, &phone] {
+            crate::identity::write_pages(&n.store, &n.engine)?;
+        }
+        let page = std::fs::read_to_string(folders[2].2.join(crate::identity::PAGE))?;
+        for line in page
+            .lines()
+            .filter(|l| l.starts_with("## ") || l.contains("**Role:**"))
+        {
+            println!("   phone SELVES.md │ {line}");
+        }
+        ensure!(
+            page.matches("\n## ").count() == 3,
+            "the phone's SELVES.md should list all three nodes"
+        );
+
         let _ = stop.send(());
         server.await??;
         anyhow::Ok(())

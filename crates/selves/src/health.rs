@@ -268,6 +268,7 @@ mod tests {
             last_error: None,
             last_error_class: None,
             down_after_ms: None,
+            joined_at: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod daemon;
 mod demo;
 mod health;
 mod home;
+mod identity;
 mod output;
 
 use std::path::PathBuf;
@@ -46,8 +47,10 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Keep this node in sync by itself: serve, watch, sync on every change (foreground)
     Daemon(daemon::DaemonArgs),
-    /// Mint a token for a peer and print a one-line pair blob for it
+    /// Mint a token for a peer and print a one-line pair (or join) blob for it
     Invite(commands::peers::InviteArgs),
+    /// Join a hub from a join blob: tunnel, first sync, self-test, all in one
+    Join(commands::join::JoinArgs),
     /// Register a hub from a pair blob (and check it answers)
     Pair(commands::peers::PairArgs),
     /// Manage peers: the ones this node dials and the ones it let in
@@ -74,6 +77,11 @@ enum Command {
     Verify(commands::sync::VerifyArgs),
     /// This node, its memory, heads and peers
     Status(commands::node::StatusArgs),
+    /// What each node says of itself (role, location, interface); `set` for this one
+    Identity {
+        #[command(subcommand)]
+        command: Option<commands::identity::IdentityCommand>,
+    },
     /// Check the database and the record logs for damage
     Check(commands::node::CheckArgs),
     /// SSH tunnels the daemon keeps up
@@ -117,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => commands::serve::serve(home, a),
         Command::Daemon(a) => daemon::run(home, a),
         Command::Invite(a) => commands::peers::invite(home, a),
+        Command::Join(a) => commands::join::join(home, a),
         Command::Pair(a) => commands::peers::pair(home, a),
         Command::Peer(c) => commands::peers::peer(home, c),
         Command::RotateToken(a) => commands::peers::rotate(home, a),
@@ -129,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conflicts(a) => commands::shares::conflicts(home, a),
         Command::Verify(a) => commands::sync::verify(home, a),
         Command::Status(a) => commands::node::status(home, a),
+        Command::Identity { command } => commands::identity::identity(home, command),
         Command::Check(a) => commands::node::check(home, a),
         Command::Tunnel(c) => commands::tunnel::tunnel(home, c),
         Command::Service(c) => commands::service::service(home, c),

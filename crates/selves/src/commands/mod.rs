@@ -1,6 +1,8 @@
 //! One module per group of commands; each turns arguments into calls on
 //! the store, server and client crates and prints the outcome.
 
+pub mod identity;
+pub mod join;
 pub mod memory;
 pub mod node;
 pub mod peers;

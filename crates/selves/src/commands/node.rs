@@ -16,6 +16,8 @@ pub struct InitArgs {
     /// The node's name: its `origin` label on what it captures [default: the host name]
     #[arg(long)]
     name: Option<Name>,
+    #[command(flatten)]
+    card: crate::commands::identity::CardArgs,
 }
 
 pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
@@ -33,10 +35,15 @@ pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
                 "note: --name {name} was ignored; this node keeps its name (edit config.toml to rename it)"
             );
         }
+        if !args.card.is_empty() {
+            eprintln!("note: to change role, location or interface: selves identity set");
+        }
         return Ok(());
     }
+    args.card.check()?;
     let name = args.name.unwrap_or_else(home::default_name);
     let home = home::init(&dir, name)?;
+    crate::commands::identity::write_card(&*home.open_store()?, args.card)?;
     println!(
         "initialised node {} ({}) in {}",
         home.name(),

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use selves_client::{PeerClient, PeerTarget, SyncError, SyncOptions, Trust};
 use selves_store::{Protocol, Remote, Store};
-use selves_wire::pair::{PAIR_VERSION, PairBlob};
+use selves_wire::pair::{BlobKind, PAIR_VERSION, PairBlob};
 use selves_wire::{CertFingerprint, Name, Token, memex};
 
 use crate::home::{DEFAULT_PORT, Home};
@@ -28,14 +28,35 @@ pub struct InviteArgs {
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     ttl: Duration,
     /// `memex` prints a `memex-pair:` blob for a memex node to paste
-    #[arg(long, value_enum, default_value_t = BlobFormat::Selves)]
+    #[arg(long, value_enum, default_value_t = BlobFormat::Selves, conflicts_with = "join")]
     format: BlobFormat,
+    /// Print a `selves-join:` blob for `selves join`, which also sets up
+    /// the tunnel, syncs and self-tests
+    #[arg(long)]
+    join: bool,
+    /// The spoke reaches this node through an SSH tunnel to USER@HOST
+    /// (this machine), to this node's port on that host's loopback
+    #[arg(long, value_name = "USER@HOST[:PORT]", requires = "join")]
+    ssh: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BlobFormat {
     Selves,
     Memex,
+}
+
+/// `user@host` or `user@host:port`, nothing that ssh could take as an option.
+pub fn check_ssh_target(ssh: &str) -> anyhow::Result<()> {
+    let ok = !ssh.is_empty()
+        && !ssh.starts_with('-')
+        && ssh
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@.-_:[]".contains(c));
+    if !ok {
+        bail!("{ssh:?} is not an SSH target: expected user@host or user@host:port");
+    }
+    Ok(())
 }
 
 fn random_token() -> anyhow::Result<Token> {
@@ -58,14 +79,14 @@ fn dial_address(home: &Home, host: Option<String>, port: Option<u16>) -> (String
     }
 }
 
-fn blob(
+fn pair_blob(
     home: &Home,
     peer: &Name,
     host: &str,
     port: u16,
     token: Token,
     ttl: Duration,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<PairBlob> {
     Ok(PairBlob {
         v: PAIR_VERSION,
         host: host.to_owned(),
@@ -76,16 +97,34 @@ fn blob(
         node: home.name().clone(),
         node_id: home.config.node.id.clone(),
         peer: peer.clone(),
+        ssh: None,
         check: String::new(),
-    }
-    .encode())
+    })
 }
 
 pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
-    let (host, port, guessed) = dial_address(&home, args.host, args.port);
+    if let Some(ssh) = &args.ssh {
+        check_ssh_target(ssh)?;
+    }
+    // Through a tunnel the spoke reaches this node on the SSH host's loopback.
+    let host = args
+        .host
+        .or_else(|| args.ssh.as_ref().map(|_| "127.0.0.1".to_owned()));
+    let (host, port, guessed) = dial_address(&home, host, args.port);
+    if args.join && home.config.server.listen.is_none() {
+        eprintln!(
+            "note: this node has no listen address in config.toml: the spoke can join only while `selves serve` or `selves daemon --listen` runs here (`selves service install --listen ADDR` keeps it running)"
+        );
+    }
     let line = match args.format {
+        BlobFormat::Selves if args.join => {
+            let token = mint_token(&store, &args.peer, &host, port, args.ttl)?;
+            let mut blob = pair_blob(&home, &args.peer, &host, port, token, args.ttl)?;
+            blob.ssh = args.ssh.clone();
+            blob.encode_as(BlobKind::Join)
+        }
         BlobFormat::Selves => mint_invite(&home, &store, &args.peer, &host, port, args.ttl)?,
         BlobFormat::Memex => {
             let token = mint_token(&store, &args.peer, &host, port, args.ttl)?;
@@ -101,12 +140,13 @@ pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
         }
     };
     println!("{line}");
-    if guessed {
+    if guessed && args.ssh.is_none() {
         eprintln!(
             "note: the blob points at {host}:{port}; the peer must reach this node there (say, through an SSH tunnel). Pass --host to give another address."
         );
     }
     let how = match args.format {
+        BlobFormat::Selves if args.join => "selves join",
         BlobFormat::Selves => "selves pair",
         BlobFormat::Memex => "memex-sync sync-pair",
     };
@@ -128,7 +168,7 @@ pub fn mint_invite(
     ttl: Duration,
 ) -> anyhow::Result<String> {
     let token = mint_token(store, peer, host, port, ttl)?;
-    blob(home, peer, host, port, token, ttl)
+    Ok(pair_blob(home, peer, host, port, token, ttl)?.encode())
 }
 
 /// Mints a fresh token for `peer` that must be used within `ttl`.
@@ -180,6 +220,12 @@ pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
         return pair_memex(&store, args);
     }
     let blob = PairBlob::decode(&args.blob, now_ms() / 1000)?;
+    if blob.ssh.is_some() {
+        bail!(
+            "this join blob reaches the hub through SSH ({}): run `selves join` with it, which sets up the tunnel",
+            blob.ssh.as_deref().unwrap_or_default()
+        );
+    }
     let alias = args.alias.unwrap_or_else(|| blob.node.clone());
     if !args.force && store.remote(alias.as_str())?.is_some() {
         bail!(
@@ -194,16 +240,7 @@ pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
                 remote.url
             );
         };
-        if hello.node.id != blob.node_id {
-            bail!(
-                "{} answered as node {} ({}), but the blob is for {} ({}): not pairing",
-                remote.url,
-                hello.node.name,
-                hello.node.id,
-                blob.node,
-                blob.node_id
-            );
-        }
+        answered_as_blob(&hello.node, &blob, &remote.url, "pairing")?;
     }
     store.add_remote(&remote, true)?;
     println!(
@@ -211,6 +248,25 @@ pub fn pair(home: Option<PathBuf>, args: PairArgs) -> anyhow::Result<()> {
         alias, remote.url, blob.cert_fp, blob.peer
     );
     eprintln!("next: selves sync {alias}");
+    Ok(())
+}
+
+/// Refuses a hub that answered as another node than its blob names.
+pub fn answered_as_blob(
+    node: &selves_wire::native::NodeInfo,
+    blob: &PairBlob,
+    url: &str,
+    doing: &str,
+) -> anyhow::Result<()> {
+    if node.id != blob.node_id {
+        bail!(
+            "{url} answered as node {} ({}), but the blob is for {} ({}): not {doing}",
+            node.name,
+            node.id,
+            blob.node,
+            blob.node_id
+        );
+    }
     Ok(())
 }
 
@@ -280,6 +336,16 @@ fn new_remote(alias: Name, url: String, token: Token, cert_fp: Option<CertFinger
         last_error: None,
         last_error_class: None,
         down_after_ms: None,
+        joined_at: None,
+    }
+}
+
+/// The remote a pair blob describes, dialled at `url` (the blob's own
+/// address, or a tunnel's local end).
+pub fn remote_at(blob: &PairBlob, alias: Name, url: String) -> Remote {
+    Remote {
+        url,
+        ..remote_from_blob(blob, alias)
     }
 }
 
@@ -568,7 +634,10 @@ pub fn rotate(home: Option<PathBuf>, args: RotateArgs) -> anyhow::Result<()> {
         true,
         now,
     )?;
-    println!("{}", blob(&home, &args.name, &host, port, token, args.ttl)?);
+    println!(
+        "{}",
+        pair_blob(&home, &args.name, &host, port, token, args.ttl)?.encode()
+    );
     eprintln!(
         "the old token of {} no longer works; on {}: selves pair --force <the line above>",
         args.name, args.name

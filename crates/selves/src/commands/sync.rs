@@ -88,6 +88,10 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     // What changed in the folders goes out in this round.
     let mut share_failed =
         !crate::commands::shares::scan_all(&engine, &store, args.allow_mass_delete)?;
+    // This node's card goes out in this round if it is stale.
+    if let Err(e) = crate::identity::refresh_card(&store) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot refresh this node's card");
+    }
     let opts = SyncOptions {
         batch_records: args.batch,
         attempts: args.attempts.max(1),
@@ -113,6 +117,10 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     }
     if args.json {
         output::print_json(&results)?;
+    }
+    // The identity page, as the daemon keeps it, for nodes synced by hand.
+    if let Err(e) = crate::identity::write_pages(&store, &engine) {
+        tracing::warn!(error = %format!("{e:#}"), "cannot write SELVES.md");
     }
     if let Err(e) = engine.prune_blobs() {
         tracing::warn!(error = %e, "could not prune the blob store");
@@ -312,14 +320,16 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             .find(|n| &n.id == id)
             .map_or_else(|| id.short().to_owned(), |n| n.name.to_string())
     };
+    // Node cards are not compared: a node refreshes its own now and then
+    // (HEARTBEAT), and they are not memory.
     let mut heads: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    for h in &our_heads {
+    for h in our_heads.iter().filter(|h| !h.stream.is_nodes()) {
         heads
             .entry((name_of(&h.node), h.stream.to_string()))
             .or_default()
             .0 = h.seq;
     }
-    for h in &theirs.heads {
+    for h in theirs.heads.iter().filter(|h| !h.stream.is_nodes()) {
         heads
             .entry((name_of(&h.node), h.stream.to_string()))
             .or_default()

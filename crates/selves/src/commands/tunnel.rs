@@ -69,9 +69,7 @@ pub fn tunnel(home: Option<PathBuf>, cmd: TunnelCommand) -> anyhow::Result<()> {
             if a.name.is_empty() || a.name.len() > 64 || a.name.contains(['/', '\0']) {
                 bail!("a tunnel name is 1-64 characters, without / or NUL");
             }
-            if a.ssh.starts_with('-') || a.ssh.contains(char::is_whitespace) || a.ssh.is_empty() {
-                bail!("--ssh takes user@host or user@host:port, got {:?}", a.ssh);
-            }
+            crate::commands::peers::check_ssh_target(&a.ssh)?;
             let (kind, local_port, remote_port) = match (&a.forward, &a.reverse) {
                 (Some(f), _) => {
                     let (l, r) = ports(f)?;
@@ -92,19 +90,14 @@ pub fn tunnel(home: Option<PathBuf>, cmd: TunnelCommand) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            store.put_tunnel(&Tunnel {
-                name: a.name.clone(),
-                ssh: a.ssh.clone(),
-                kind: kind.to_owned(),
-                local_port,
-                remote_port,
+            store.put_tunnel(&Tunnel::new(
+                a.name.clone(),
+                a.ssh.clone(),
+                kind,
+                (local_port, remote_port),
                 identity,
-                added_at: now_ms(),
-                state: "stopped".into(),
-                detail: None,
-                since: None,
-                spawns: 0,
-            })?;
+                now_ms(),
+            ))?;
             match kind {
                 "forward" => println!(
                     "tunnel {}: 127.0.0.1:{local_port} here → 127.0.0.1:{remote_port} on {} (kept up by `selves daemon`)",

@@ -14,7 +14,9 @@
 //! - a keeper per SSH tunnel ([`tunnel`]): one `ssh -N` child each,
 //!   restarted by how it failed, checked through the tunnel;
 //! - a supervisor that starts and stops those as peers and shares are
-//!   added and removed.
+//!   added and removed;
+//! - the identity task ([`crate::identity`]): this node's card kept fresh,
+//!   `SELVES.md` rendered into every two-way share.
 //!
 //! One daemon per home ([`lock`]); SIGTERM or SIGINT lets running rounds
 //! finish (up to [`SHUTDOWN_GRACE`]) and stops.
@@ -125,6 +127,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
             None => None,
         };
         tracing::info!(node = %home.name(), "daemon started");
+        let identity = tokio::spawn(crate::identity::run(ctx.clone()));
         let supervisor = tokio::spawn(supervise(ctx));
         signals.recv().await;
         tracing::info!("stopping: letting running rounds finish");
@@ -132,6 +135,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
         if let Err(e) = supervisor.await {
             tracing::warn!(error = %e, "the supervisor failed");
         }
+        let _ = identity.await;
         if let Some(server) = server {
             match server.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "the server failed"),

@@ -93,9 +93,39 @@ fn split_target(ssh: &str) -> (String, Option<String>) {
 
 /// The ssh command line for a tunnel (also shown by `tunnel list`).
 pub fn ssh_args(t: &Tunnel, known_hosts: &std::path::Path) -> Vec<String> {
-    let (host, port) = split_target(&t.ssh);
+    let (mut args, host) = base_args(&t.ssh, t.identity.as_deref(), known_hosts);
+    args.insert(0, "-N".into());
+    // Loopback binds only, on both ends.
+    match t.kind.as_str() {
+        "reverse" => args.extend([
+            "-R".into(),
+            format!("127.0.0.1:{}:127.0.0.1:{}", t.remote_port, t.local_port),
+        ]),
+        _ => args.extend([
+            "-L".into(),
+            format!("127.0.0.1:{}:127.0.0.1:{}", t.local_port, t.remote_port),
+        ]),
+    }
+    args.push(host);
+    args
+}
+
+/// The ssh command line that checks a target accepts us: it runs `true`
+/// there with the same options a tunnel uses.
+pub fn probe_args(ssh: &str, identity: Option<&str>, known_hosts: &std::path::Path) -> Vec<String> {
+    let (mut args, host) = base_args(ssh, identity, known_hosts);
+    args.extend([host, "true".into()]);
+    args
+}
+
+/// Options every ssh run by selves gets, and the host to give last.
+fn base_args(
+    ssh: &str,
+    identity: Option<&str>,
+    known_hosts: &std::path::Path,
+) -> (Vec<String>, String) {
+    let (host, port) = split_target(ssh);
     let mut args: Vec<String> = [
-        "-N",
         "-o",
         "ExitOnForwardFailure=yes",
         "-o",
@@ -116,10 +146,10 @@ pub fn ssh_args(t: &Tunnel, known_hosts: &std::path::Path) -> Vec<String> {
     if let Ok(config) = std::env::var("SELVES_SSH_CONFIG") {
         args.extend(["-F".into(), config]);
     }
-    if let Some(id) = &t.identity {
+    if let Some(id) = identity {
         args.extend([
             "-i".into(),
-            id.clone(),
+            id.to_owned(),
             "-o".into(),
             "IdentitiesOnly=yes".into(),
         ]);
@@ -127,25 +157,23 @@ pub fn ssh_args(t: &Tunnel, known_hosts: &std::path::Path) -> Vec<String> {
     if let Some(port) = port {
         args.extend(["-p".into(), port]);
     }
-    // Loopback binds only, on both ends.
-    match t.kind.as_str() {
-        "reverse" => args.extend([
-            "-R".into(),
-            format!("127.0.0.1:{}:127.0.0.1:{}", t.remote_port, t.local_port),
-        ]),
-        _ => args.extend([
-            "-L".into(),
-            format!("127.0.0.1:{}:127.0.0.1:{}", t.local_port, t.remote_port),
-        ]),
-    }
-    args.push(host);
-    args
+    (args, host)
+}
+
+/// The ssh program: `SELVES_SSH`, else `ssh` on the PATH.
+pub fn ssh_program() -> String {
+    std::env::var("SELVES_SSH").unwrap_or_else(|_| "ssh".to_owned())
+}
+
+/// Where selves keeps the SSH host keys it trusts.
+pub fn known_hosts(home: &std::path::Path) -> PathBuf {
+    home.join("ssh/known_hosts")
 }
 
 pub async fn run(ctx: Arc<Ctx>, name: String, home: PathBuf) {
     let mut stop = ctx.stop.clone();
     let mut backoff = FIRST_BACKOFF;
-    let known_hosts = home.join("ssh/known_hosts");
+    let known_hosts = known_hosts(&home);
     if let Some(dir) = known_hosts.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -234,9 +262,9 @@ enum Ended {
     Stop,
 }
 
-fn spawn(t: &Tunnel, known_hosts: &std::path::Path) -> std::io::Result<Child> {
-    let program = std::env::var("SELVES_SSH").unwrap_or_else(|_| "ssh".to_owned());
-    let mut cmd = Command::new(program);
+/// Starts `ssh -N` for a tunnel; it dies with this process.
+pub(crate) fn spawn(t: &Tunnel, known_hosts: &std::path::Path) -> std::io::Result<Child> {
+    let mut cmd = Command::new(ssh_program());
     cmd.args(ssh_args(t, known_hosts))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

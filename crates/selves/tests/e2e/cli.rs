@@ -215,7 +215,8 @@ fn help_lists_the_commands() {
           init          Create this node: id, name, TLS certificate, config and store
           serve         Serve this node to its peers over HTTPS (foreground)
           daemon        Keep this node in sync by itself: serve, watch, sync on every change (foreground)
-          invite        Mint a token for a peer and print a one-line pair blob for it
+          invite        Mint a token for a peer and print a one-line pair (or join) blob for it
+          join          Join a hub from a join blob: tunnel, first sync, self-test, all in one
           pair          Register a hub from a pair blob (and check it answers)
           peer          Manage peers: the ones this node dials and the ones it let in
           rotate-token  Replace a peer's token (the old one stops working) and print a new pair blob
@@ -228,6 +229,7 @@ fn help_lists_the_commands() {
           conflicts     Conflict copies and files held back, with their paths
           verify        Check that this node and a peer hold the same memory
           status        This node, its memory, heads and peers
+          identity      What each node says of itself (role, location, interface); `set` for this one
           check         Check the database and the record logs for damage
           tunnel        SSH tunnels the daemon keeps up
           service       Run the daemon as a service: systemd, launchd, termux-services
@@ -289,7 +291,13 @@ fn the_demo_runs_and_converges() {
     let mut names: Vec<String> = std::fs::read_dir(&vps)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "SELVES.md")
         .collect();
+    // Each node renders the identity page into its folder, from the cards.
+    let page = std::fs::read_to_string(vps.join("SELVES.md")).unwrap();
+    for node in ["## vps (this node)", "## laptop", "## phone"] {
+        assert!(page.contains(node), "{page}");
+    }
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names[0].starts_with("infra.conflict-"), "{names:?}");

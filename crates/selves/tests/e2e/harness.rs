@@ -28,7 +28,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output) -> Run {
+    pub fn from(out: Output) -> Run {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,6 +50,11 @@ impl std::fmt::Debug for Run {
 impl Node {
     /// `selves init --name NAME` in a fresh temporary home.
     pub fn new(name: &str) -> Node {
+        Node::init(name, &[])
+    }
+
+    /// `selves init --name NAME extra…` in a fresh temporary home.
+    pub fn init(name: &str, extra: &[&str]) -> Node {
         let dir = tempfile::Builder::new()
             .prefix(&format!("selves-e2e-{name}-"))
             .tempdir()
@@ -58,7 +63,9 @@ impl Node {
             dir,
             name: name.to_owned(),
         };
-        node.ok(&["init", "--name", name]);
+        let mut args = vec!["init", "--name", name];
+        args.extend_from_slice(extra);
+        node.ok(&args);
         node
     }
 

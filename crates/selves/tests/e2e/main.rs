@@ -5,6 +5,8 @@ mod cli;
 mod crash;
 mod daemon;
 mod harness;
+mod identity;
+mod join;
 mod memex_conformance;
 mod memex_peer;
 mod protocol;

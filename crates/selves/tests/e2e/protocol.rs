@@ -288,3 +288,65 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
     spoke.pair(&h.node, &h.server, "hub");
     spoke.ok(&["sync"]);
 }
+
+#[test]
+fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
+    let h = hub(&[]);
+    let card = |marker: &str| {
+        serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 1,
+            "records": [{"node": {"id": WRITER, "name": "prober", "updated_at": 1, "marker": marker}}]}]}))
+        .unwrap()
+    };
+    let ask = |seen: &str, write: &str| {
+        h.post(
+            "/v1/marker",
+            &serde_json::to_vec(&json!({"node": WRITER, "seen": seen, "write": write})).unwrap(),
+        )
+    };
+    let heads = |n: &Node| n.json(&["status", "--json"])["heads"].clone();
+    let before = heads(&h.node);
+
+    // Nothing pushed yet: not seen, nothing written.
+    let r = ask("m-1", "m-2");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"seen": false, "seq": 0}));
+    assert_eq!(heads(&h.node), before);
+
+    for bad in [
+        b"{not json".to_vec(),
+        serde_json::to_vec(&json!({"node": WRITER, "seen": "../x", "write": "ok"})).unwrap(),
+        serde_json::to_vec(&json!({"node": WRITER, "seen": "ok", "write": "a b"})).unwrap(),
+        serde_json::to_vec(&json!({"node": "nope", "seen": "ok", "write": "ok"})).unwrap(),
+        vec![b' '; 5000],
+    ] {
+        let r = h.post("/v1/marker", &bad);
+        assert!(r.status == 400 || r.status == 413, "{r:?}");
+    }
+    let r = request(
+        h.server.addr,
+        h.pin,
+        "POST",
+        "/v1/marker",
+        Some(&"0".repeat(64)),
+        &[],
+        b"{}",
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // Push the card with the marker: now seen, and the hub's own card
+    // carries the marker asked for, in its nodes log.
+    let pushed = h.post("/v1/push", &card("m-1"));
+    assert_eq!(pushed.status, 200, "{pushed:?}");
+    let r = ask("m-1", "m-2");
+    assert_eq!(r.json()["seen"], true, "{r:?}");
+    assert!(r.json()["seq"].as_u64().unwrap() >= 1);
+    let cards = h.node.json(&["identity", "show", "--json"]);
+    let own = cards
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "hub")
+        .unwrap();
+    assert_eq!(own["marker"], "m-2", "{cards}");
+    h.node.ok(&["check"]);
+}

@@ -189,14 +189,20 @@ fn expired_tampered_and_unknown_blobs_are_refused() {
     let run = spoke.fails(&["pair", &edit_blob(&blob, |v| v["v"] = 2.into())], 1);
     assert!(run.stderr.contains("upgrade selves here"), "{run:?}");
     let run = spoke.fails(&["pair", &blob[..blob.len() / 2]], 1);
-    assert!(run.stderr.contains("not a selves pair blob"), "{run:?}");
+    assert!(
+        run.stderr.contains("not a selves pair or join blob"),
+        "{run:?}"
+    );
     let run = spoke.fails(&["pair", "memex-pair:eyJ2IjoxfQ"], 1);
     assert!(
         run.stderr.contains("memex pair blob is missing host"),
         "{run:?}"
     );
     let run = spoke.fails(&["pair", "nonsense"], 1);
-    assert!(run.stderr.contains("not a selves pair blob"), "{run:?}");
+    assert!(
+        run.stderr.contains("not a selves pair or join blob"),
+        "{run:?}"
+    );
 
     // Expiry, checked by the spoke…
     let short = hub.ok(&[

@@ -47,6 +47,9 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     if dir.exists() {
         walk(dir, dir, &mut out);
+        // The identity page is generated on each node, for that node: it is
+        // never a file of the share (tests/e2e/identity.rs tests it).
+        out.remove("SELVES.md");
     }
     out
 }

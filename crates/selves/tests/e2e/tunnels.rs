@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::harness::{Node, blob_fingerprint, blob_token, wait_until};
 
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -27,14 +27,18 @@ impl Drop for Sshd {
 
 impl Sshd {
     /// The authorised client key.
-    fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.path().join("client_key")
     }
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         format!("{}@127.0.0.1:{}", self.user, self.port)
     }
+    /// The file sshd reads authorised keys from.
+    pub(crate) fn authorized_keys(&self) -> PathBuf {
+        self.dir.path().join("authorized_keys")
+    }
     /// An empty ssh config, so the user's own is never read.
-    fn client_config(&self) -> PathBuf {
+    pub(crate) fn client_config(&self) -> PathBuf {
         self.dir.path().join("ssh_config")
     }
 }
@@ -56,7 +60,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn sshd() -> Sshd {
+pub(crate) fn sshd() -> Sshd {
     let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
         .into_iter()
         .find(|p| Path::new(p).exists())

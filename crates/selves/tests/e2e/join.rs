@@ -1,0 +1,204 @@
+//! `selves invite --join` / `selves join`: the whole flow against a hub on
+//! loopback, directly and through a real sshd; the marker self-test both
+//! ways; a re-run changes nothing; an expired blob is refused.
+
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::harness::{Node, Run, wait_until};
+use crate::tunnels::sshd;
+
+fn join_blob(hub: &Node, peer: &str, port: u16, extra: &[&str]) -> String {
+    let port = port.to_string();
+    let mut args = vec!["invite", "--join", "--peer", peer, "--port", &port];
+    args.extend_from_slice(extra);
+    let out = hub.ok(&args);
+    let blob = out.trim().to_owned();
+    assert!(blob.starts_with("selves-join:"), "{blob}");
+    blob
+}
+
+/// The card a node holds for `name`.
+fn card(node: &Node, name: &str) -> Value {
+    node.json(&["identity", "show", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("{} holds no card for {name}", node.name))
+        .clone()
+}
+
+fn remember(node: &Node, text: &str) {
+    node.ok(&["remember", "--source", "s", "--conversation", "c", text]);
+}
+
+/// What a re-run must leave as it was.
+fn config_of(node: &Node) -> (Value, Value, Value) {
+    let mut peers = node.json(&["peer", "list", "--json"]);
+    // Times of the last contact are the only things allowed to move.
+    for d in peers["dials"].as_array_mut().unwrap() {
+        for k in ["last_attempt_at", "last_success_at"] {
+            d.as_object_mut().unwrap().remove(k);
+        }
+    }
+    let heads = node.json(&["status", "--json"])["heads"].clone();
+    (peers, node.json(&["tunnel", "list", "--json"]), heads)
+}
+
+#[test]
+fn join_syncs_self_tests_both_ways_and_a_rerun_changes_nothing() {
+    let hub = Node::new("hub");
+    let server = hub.daemon_serving(&[]);
+    let spoke = Node::new("laptop");
+    remember(&hub, "known on the hub before the join");
+    remember(&spoke, "known on the laptop before the join");
+    let blob = join_blob(&hub, "laptop", server.addr.port(), &[]);
+
+    let out = spoke.ok(&["join", &blob]);
+    for line in [
+        "✓ hub answers at https://127.0.0.1:",
+        "with the pinned certificate sha256:",
+        "✓ first sync: pulled",
+        "✓ marker written here is on hub",
+        "✓ marker written on hub is here",
+        "round trip",
+        "joined hub as laptop",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in\n{out}");
+    }
+    // The first sync moved memory both ways.
+    assert_eq!(hub.rows(), 2);
+    assert_eq!(spoke.rows(), 2);
+
+    // The markers, as each side holds them: the one the laptop wrote is
+    // on the hub, the one the hub wrote on request is on the laptop.
+    let ours = card(&spoke, "laptop")["marker"].clone();
+    let theirs = card(&spoke, "hub")["marker"].clone();
+    assert!(ours.is_string() && theirs.is_string() && ours != theirs);
+    assert_eq!(card(&hub, "laptop")["marker"], ours);
+    assert_eq!(card(&hub, "hub")["marker"], theirs);
+    let peers = spoke.json(&["peer", "list", "--json"]);
+    assert!(peers["dials"][0]["joined_at"].is_i64(), "{peers}");
+
+    // Again, with the same blob: nothing changes, nothing is sent.
+    let before = config_of(&spoke);
+    let hub_heads = hub.json(&["status", "--json"])["heads"].clone();
+    let again = spoke.ok(&["join", &blob]);
+    assert!(again.contains("already joined hub"), "{again}");
+    assert!(again.contains("nothing changed"), "{again}");
+    assert_eq!(config_of(&spoke), before);
+    assert_eq!(hub.json(&["status", "--json"])["heads"], hub_heads);
+
+    // The schedule: with the daemon running here, a new memory reaches
+    // the hub with no `selves sync`.
+    let _daemon = spoke.daemon(&[]);
+    remember(&spoke, "after the join");
+    assert!(
+        wait_until(10, || hub.rows() == 3),
+        "the daemon did not sync the joined hub\n{}",
+        spoke.daemon_log()
+    );
+}
+
+#[test]
+fn an_expired_or_damaged_join_blob_is_refused_and_nothing_is_saved() {
+    let hub = Node::new("hub");
+    let server = hub.serve(&[]);
+    let spoke = Node::new("laptop");
+    let blob = join_blob(&hub, "laptop", server.addr.port(), &["--ttl", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let run = spoke.fails(&["join", &blob], 1);
+    assert!(run.stderr.contains("expired"), "{run:?}");
+    assert!(run.stderr.contains("--join"), "{run:?}");
+
+    let fresh = join_blob(&hub, "laptop", server.addr.port(), &[]);
+    let mut damaged = fresh.clone();
+    damaged.insert(fresh.len() - 10, 'x');
+    let run = spoke.fails(&["join", &damaged], 1);
+    assert!(
+        run.stderr.contains("damaged") || run.stderr.contains("not a selves"),
+        "{run:?}"
+    );
+    let peers = spoke.json(&["peer", "list", "--json"]);
+    assert_eq!(peers["dials"], serde_json::json!([]), "{peers}");
+    // The fresh blob still works: the refusals used nothing up.
+    spoke.ok(&["join", &fresh]);
+}
+
+fn join_via(spoke: &Node, sshd: &crate::tunnels::Sshd, blob: &str) -> Run {
+    Run::from(
+        spoke
+            .command(&["join", blob])
+            .env("SELVES_SSH_CONFIG", sshd.client_config())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
+    let sshd = sshd();
+    let hub = Node::new("hub");
+    let server = hub.daemon_serving(&[]);
+    let spoke = Node::new("laptop");
+    remember(&hub, "behind ssh");
+    let blob = join_blob(
+        &hub,
+        "laptop",
+        server.addr.port(),
+        &["--ssh", &sshd.target()],
+    );
+
+    // This node's own key is made on first use and not yet authorised.
+    let refused = join_via(&spoke, &sshd, &blob);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    let line = refused
+        .stderr
+        .lines()
+        .find(|l| l.contains("authorized_keys"))
+        .unwrap_or_else(|| panic!("no instructions:\n{refused:?}"));
+    assert!(line.contains("ssh-ed25519 "), "{line}");
+    assert!(
+        line.contains(&format!("permitopen=\"127.0.0.1:{}\"", server.addr.port())),
+        "{line}"
+    );
+    let peers = spoke.json(&["peer", "list", "--json"]);
+    assert_eq!(peers["dials"], serde_json::json!([]));
+
+    // Do what it says: the quoted key line goes into authorized_keys.
+    let quoted = line.split("echo '").nth(1).unwrap();
+    let key_line = &quoted[..quoted.find("' >>").unwrap()];
+    let mut keys = std::fs::read_to_string(sshd.authorized_keys()).unwrap();
+    keys.push_str(key_line);
+    keys.push('\n');
+    std::fs::write(sshd.authorized_keys(), keys).unwrap();
+
+    let joined = join_via(&spoke, &sshd, &blob);
+    assert_eq!(joined.code, 0, "{joined:?}");
+    for line in [
+        "✓ ssh ",
+        "✓ tunnel hub: 127.0.0.1:",
+        "✓ marker written on hub is here",
+        "joined hub as laptop",
+    ] {
+        assert!(joined.stdout.contains(line), "missing {line:?}\n{joined:?}");
+    }
+    assert_eq!(spoke.rows(), 1);
+    let tunnels = spoke.json(&["tunnel", "list", "--json"]);
+    assert_eq!(tunnels.as_array().unwrap().len(), 1, "{tunnels}");
+    let local = tunnels[0]["local_port"].as_u64().unwrap();
+    let peers = spoke.json(&["peer", "list", "--json"]);
+    assert_eq!(
+        peers["dials"][0]["url"],
+        format!("https://127.0.0.1:{local}")
+    );
+
+    let before = config_of(&spoke);
+    let again = join_via(&spoke, &sshd, &blob);
+    assert!(again.stdout.contains("nothing changed"), "{again:?}");
+    assert_eq!(config_of(&spoke), before);
+}
