@@ -221,6 +221,17 @@ pub async fn handshake(
     handshake_counted(store, client, opts, progress, &Counters::default()).await
 }
 
+/// `POST /v1/marker` (the join self-test), retried like any request of a
+/// round (network failures, 429 with its Retry-After, server errors).
+pub async fn marker(
+    client: &PeerClient,
+    req: &selves_wire::native::MarkerRequest,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<selves_wire::native::MarkerResponse, SyncError> {
+    retry(opts, progress, &Counters::default(), || client.marker(req)).await
+}
+
 async fn handshake_counted(
     store: &Arc<Store>,
     client: &PeerClient,

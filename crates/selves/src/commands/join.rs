@@ -51,6 +51,9 @@ pub struct JoinArgs {
     /// Tries per request when a failure may pass (network, server errors)
     #[arg(long, default_value_t = 5, value_name = "N")]
     attempts: u32,
+    /// Most records per request [default: the hub's limits]
+    #[arg(long, value_name = "N")]
+    batch: Option<u32>,
 }
 
 /// How long the hub may take to answer through a fresh tunnel.
@@ -140,6 +143,7 @@ pub fn join(home: Option<PathBuf>, args: JoinArgs) -> anyhow::Result<()> {
     };
     let opts = SyncOptions {
         attempts: args.attempts.max(1),
+        batch_records: args.batch,
         ..SyncOptions::default()
     };
     let client = PeerClient::new(target(&remote))?;
@@ -255,7 +259,12 @@ fn self_test(
         seen: ours,
         write: theirs.clone(),
     };
-    let answer = match rt.block_on(client.marker(&req)) {
+    let answer = match rt.block_on(selves_client::marker(
+        client,
+        &req,
+        opts,
+        &selves_client::NoProgress,
+    )) {
         Ok(a) => a,
         Err(SyncError::NotFound { .. }) => {
             println!(

@@ -202,3 +202,45 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
     assert!(again.stdout.contains("nothing changed"), "{again:?}");
     assert_eq!(config_of(&spoke), before);
 }
+
+#[test]
+fn a_join_killed_mid_sync_goes_on_when_run_again() {
+    const ROWS: usize = 6_000;
+    let hub = Node::new("hub");
+    // About 15 requests a second: batches of 100 take seconds to arrive.
+    let server = hub.serve(&["--rate-per-minute", "900", "--rate-burst", "4"]);
+    hub.import(&crate::harness::rows("h", "c", ROWS, 300));
+    let spoke = Node::new("laptop");
+    let blob = join_blob(&hub, "laptop", server.addr.port(), &["--ttl", "3s"]);
+
+    let mut child = spoke
+        .command(&["join", &blob, "--batch", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = 0;
+    wait_until(60, || {
+        seen = spoke.rows();
+        seen >= 1000 || child.try_wait().unwrap().is_some()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        seen > 0 && seen < ROWS as u64,
+        "the kill missed the sync: {seen}"
+    );
+    spoke.assert_intact();
+    let peers = spoke.json(&["peer", "list", "--json"]);
+    assert!(peers["dials"][0]["joined_at"].is_null(), "{peers}");
+
+    // The blob expired meanwhile; the token it carried was claimed, so
+    // the join goes on from what arrived.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = spoke.ok(&["join", &blob]);
+    assert!(out.contains("joined hub as laptop"), "{out}");
+    assert_eq!(spoke.rows(), ROWS as u64);
+    assert_eq!(spoke.export(), hub.export());
+    spoke.assert_intact();
+    spoke.ok(&["verify"]);
+}
