@@ -180,16 +180,20 @@ impl Engine {
     ) -> Result<Generated, ShareError> {
         let _lock = self.lock(share)?;
         let root = Root::open(&share.root).map_err(|e| self.root_error(share, e))?;
-        let held = match root.open_read(path)? {
-            Some(mut f) => {
+        // Only as much is read as decides: the file is the page, or it
+        // starts with the header, or it is someone's own file.
+        let limit = content.len().max(header.len()) as u64 + 1;
+        let head = match root.open_read(path)? {
+            Some(f) => {
                 let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| FsError::io(path, e))?;
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut bytes)
+                    .map_err(|e| FsError::io(path, e))?;
                 Some(bytes)
             }
             None => None,
         };
         let mut kept = None;
-        match held {
+        match head {
             Some(bytes) if bytes == content => return Ok(Generated::Unchanged),
             Some(bytes) if !bytes.starts_with(header) => {
                 let mut target = keep_as.clone();
@@ -203,8 +207,11 @@ impl Engine {
                     target = RelPath::parse(&numbered)
                         .map_err(|e| FsError::io(keep_as, std::io::Error::other(e.to_string())))?;
                 }
-                root.write(&target, |f| f.write_all(&bytes))?;
-                kept = Some(target);
+                // Copied whole, streaming, before the page replaces it.
+                if let Some(mut from) = root.open_read(path)? {
+                    root.write(&target, |f| std::io::copy(&mut from, f).map(drop))?;
+                    kept = Some(target);
+                }
             }
             _ => {}
         }
