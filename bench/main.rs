@@ -10,9 +10,11 @@
 //! and the time of a no-op sync round.
 //!
 //! `bench/run shares [--files N]`: shares (see `shares.rs`).
+//! `bench/run join [--rows N]`: `selves join` end to end (see `join.rs`).
 //!
 //! Everything runs in a temporary directory on 127.0.0.1.
 
+mod join;
 mod shares;
 
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
@@ -36,10 +38,10 @@ fn main() {
                 files = args[i + 1].parse().expect("--files takes a number");
                 i += 1;
             }
-            "sync" | "shares" => scenario = args[i].clone(),
+            "sync" | "shares" | "join" => scenario = args[i].clone(),
             other => {
                 eprintln!(
-                    "usage: selves-bench sync [--rows N] | shares [--files N]  (unknown: {other})"
+                    "usage: selves-bench sync [--rows N] | shares [--files N] | join [--rows N]  (unknown: {other})"
                 );
                 std::process::exit(2);
             }
@@ -48,6 +50,16 @@ fn main() {
     }
     let selves = locate_selves();
     let dir = tempdir();
+    if scenario == "join" {
+        println!(
+            "selves-bench join: binary {}, dir {}",
+            selves.display(),
+            dir.display()
+        );
+        join::run(&selves, &dir, rows);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     if scenario == "shares" {
         println!(
             "selves-bench shares: binary {}, dir {}",
@@ -223,7 +235,7 @@ pub(crate) const WORDS: &[&str] = &[
 ];
 
 /// Writes `n` rows; returns (JSON bytes, text bytes, conversations).
-fn generate(path: &Path, n: usize) -> (u64, u64, usize) {
+pub(crate) fn generate(path: &Path, n: usize) -> (u64, u64, usize) {
     let mut out = BufWriter::new(std::fs::File::create(path).expect("create data file"));
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let convs = (n / 30).clamp(1, 5000);
@@ -270,9 +282,9 @@ pub(crate) struct Node {
     name: String,
 }
 
-struct Server {
+pub(crate) struct Server {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Server {

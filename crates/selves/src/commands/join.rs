@@ -182,7 +182,9 @@ pub fn join(home: Option<PathBuf>, args: JoinArgs) -> anyhow::Result<()> {
         report.elapsed_ms
     );
     if report.changed_rows > 0 {
+        let indexing = Instant::now();
         store.catch_up_index(|_| {})?;
+        println!("✓ searchable here ({} ms)", indexing.elapsed().as_millis());
     }
 
     // 5. The marker self-test.
