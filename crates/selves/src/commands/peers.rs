@@ -155,6 +155,12 @@ pub fn invite(home: Option<PathBuf>, args: InviteArgs) -> anyhow::Result<()> {
         args.peer,
         humantime::format_duration(args.ttl)
     );
+    if let Some(ssh) = &args.ssh {
+        eprintln!(
+            "{} will reach this node through ssh {ssh}: if that refuses its key, `selves join` prints the line to add to authorized_keys there",
+            args.peer
+        );
+    }
     Ok(())
 }
 

@@ -201,6 +201,39 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
     let again = join_via(&spoke, &sshd, &blob);
     assert!(again.stdout.contains("nothing changed"), "{again:?}");
     assert_eq!(config_of(&spoke), before);
+
+    // The join's own ssh ended with it; the daemon keeps the saved tunnel
+    // up and syncs through it.
+    let _daemon = spoke
+        .command(&["daemon"])
+        .env("SELVES_SSH_CONFIG", sshd.client_config())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    remember(&spoke, "through the tunnel the join saved");
+    assert!(
+        wait_until(20, || hub.rows() == 2),
+        "{}",
+        spoke.json(&["tunnel", "list", "--json"])
+    );
+    // Its keeper reports it up after the first check through it.
+    assert!(
+        wait_until(15, || spoke.json(&["tunnel", "list", "--json"])[0]["state"]
+            == "up"),
+        "{}",
+        spoke.json(&["tunnel", "list", "--json"])
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
