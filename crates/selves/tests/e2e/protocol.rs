@@ -292,11 +292,6 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[test]
 fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
     let h = hub(&[]);
-    let card = |marker: &str| {
-        serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 1,
-            "records": [{"node": {"id": WRITER, "name": "prober", "updated_at": 1, "marker": marker}}]}]}))
-        .unwrap()
-    };
     let ask = |seen: &str, write: &str| {
         h.post(
             "/v1/marker",
@@ -332,6 +327,25 @@ fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
         b"{}",
     );
     assert_eq!(r.status, 401, "{r:?}");
+
+    // A card that cannot be rendered on one line, or that speaks for
+    // another node, is kept as void and changes no card.
+    let bad = serde_json::to_vec(
+        &json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 1,
+        "records": [
+            {"node": {"id": WRITER, "name": "prober", "updated_at": 1, "role": "a\nb"}},
+            {"node": {"id": "fedcba9876543210fedcba9876543210", "name": "other", "updated_at": 1}}
+        ]}]}),
+    )
+    .unwrap();
+    let r = h.post("/v1/push", &bad);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["voided"].as_array().unwrap().len(), 2, "{r:?}");
+    let card = |marker: &str| {
+        serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 3,
+            "records": [{"node": {"id": WRITER, "name": "prober", "updated_at": 1, "marker": marker}}]}]}))
+        .unwrap()
+    };
 
     // Push the card with the marker: now seen, and the hub's own card
     // carries the marker asked for, in its nodes log.
