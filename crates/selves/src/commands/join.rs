@@ -45,7 +45,8 @@ pub struct JoinArgs {
     /// The local port of the tunnel [default: a free one]
     #[arg(long)]
     local_port: Option<u16>,
-    /// Join again with this blob even if this hub was joined with another
+    /// Join again: with this blob though the hub was joined with another,
+    /// or every step again though this one already joined
     #[arg(long)]
     force: bool,
     /// Tries per request when a failure may pass (network, server errors)
@@ -69,13 +70,13 @@ pub fn join(home: Option<PathBuf>, args: JoinArgs) -> anyhow::Result<()> {
     }
     let existing = store.remote(alias.as_str())?;
     let resuming = match &existing {
-        Some(r) if r.node_id.as_ref() != Some(&blob.node_id) => bail!(
+        Some(r) if r.node_id.as_ref().is_some_and(|id| id != &blob.node_id) => bail!(
             "a peer named {alias} already exists and is another node: pass --alias to name this hub differently"
         ),
         Some(r) if r.token != blob.token && !args.force => bail!(
             "{alias} was joined with another invite: pass --force to join again with this one"
         ),
-        Some(r) if r.token == blob.token && r.joined_at.is_some() => {
+        Some(r) if r.token == blob.token && r.joined_at.is_some() && !args.force => {
             let since = r.joined_at.map(output::ago).unwrap_or_default();
             let last = r
                 .last_success_at

@@ -90,6 +90,19 @@ fn join_syncs_self_tests_both_ways_and_a_rerun_changes_nothing() {
     assert!(again.contains("nothing changed"), "{again}");
     assert_eq!(config_of(&spoke), before);
     assert_eq!(hub.json(&["status", "--json"])["heads"], hub_heads);
+    // --force runs every step again (the token, already claimed, still works).
+    let forced = spoke.ok(&["join", "--force", &blob]);
+    assert!(
+        forced.contains("✓ marker written on hub is here"),
+        "{forced}"
+    );
+    assert_eq!(
+        spoke.json(&["peer", "list", "--json"])["dials"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // The schedule: with the daemon running here, a new memory reaches
     // the hub with no `selves sync`.
