@@ -120,8 +120,9 @@ fn one_daemon_per_home_and_sigterm_stops_it_cleanly() {
 #[test]
 fn sigterm_mid_sync_loses_nothing() {
     let hub = Node::new("hub");
-    // Small pushes, so the round is many requests long.
-    let server = hub.serve(&["--max-push-records", "50"]);
+    // Tiny pushes, each one durable before its answer: the round is
+    // hundreds of requests long, so the SIGTERM lands in the middle of it.
+    let server = hub.serve(&["--max-push-records", "10"]);
     let spoke = Node::new("laptop");
     spoke.pair(&hub, &server, "hub");
     spoke.import(&rows("m", "big", 6000, 400));
