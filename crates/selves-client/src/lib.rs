@@ -15,6 +15,8 @@ pub mod tls;
 
 pub use memex::sync_memex;
 pub use peer::{PeerClient, PeerTarget, SyncError};
-pub use replicate::{NoProgress, Progress, SyncOptions, SyncReport, handshake, marker, sync};
+pub use replicate::{
+    NoProgress, Progress, SyncOptions, SyncReport, digest, handshake, marker, sync,
+};
 pub use shares::ShareSync;
 pub use tls::Trust;

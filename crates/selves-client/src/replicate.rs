@@ -232,6 +232,16 @@ pub async fn marker(
     retry(opts, progress, &Counters::default(), || client.marker(req)).await
 }
 
+/// `GET /v1/digest` (for `selves verify`), retried like any request of a
+/// round.
+pub async fn digest(
+    client: &PeerClient,
+    opts: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<selves_wire::native::DigestResponse, SyncError> {
+    retry(opts, progress, &Counters::default(), || client.digest()).await
+}
+
 async fn handshake_counted(
     store: &Arc<Store>,
     client: &PeerClient,

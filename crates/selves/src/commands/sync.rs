@@ -311,7 +311,12 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
     }
     let client = PeerClient::new(target(&remote))?;
     let rt = crate::runtime()?;
-    let theirs = rt.block_on(client.digest())?;
+    // Right after a big sync the peer may ask us to wait (429): do.
+    let theirs = rt.block_on(selves_client::digest(
+        &client,
+        &SyncOptions::default(),
+        &selves_client::NoProgress,
+    ))?;
     let (our_heads, ours) = store.digest()?;
     let names = store.known_nodes()?;
     let name_of = |id: &selves_wire::NodeId| {

@@ -122,7 +122,14 @@ fn sigterm_mid_sync_loses_nothing() {
     let hub = Node::new("hub");
     // Tiny pushes, each one durable before its answer: the round is
     // hundreds of requests long, so the SIGTERM lands in the middle of it.
-    let server = hub.serve(&["--max-push-records", "10"]);
+    let server = hub.serve(&[
+        "--max-push-records",
+        "10",
+        "--rate-per-minute",
+        "100000",
+        "--rate-burst",
+        "10000",
+    ]);
     let spoke = Node::new("laptop");
     spoke.pair(&hub, &server, "hub");
     spoke.import(&rows("m", "big", 6000, 400));

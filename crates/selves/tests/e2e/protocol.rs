@@ -253,6 +253,12 @@ fn the_rate_limit_answers_429_with_retry_after_and_the_client_waits() {
         "the client did not wait"
     );
     assert_eq!(h.node.rows(), 8);
+    // `verify` right after, with the spoke's bucket empty, waits too.
+    for _ in 0..4 {
+        spoke.run(&["verify"]);
+    }
+    let run = spoke.run(&["verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 #[test]
