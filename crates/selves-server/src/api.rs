@@ -319,10 +319,12 @@ async fn hello(
     // A caller of another major version gets our hello all the same: it
     // is the caller that refuses, with an upgrade message.
     let a = app.clone();
+    let caller = you.clone();
     let (heads, nodes, streams) = blocking(move || {
         let store = &a.store;
         if req.node.id != store.me().id {
             store.learn_nodes(std::slice::from_ref(&req.node))?;
+            store.note_caller(&caller, &req.node.id)?;
         }
         // A peer about to pull sees what changed in the folders.
         crate::shares::scan_for_peer(&a.engine, store, &a.scans)?;

@@ -19,6 +19,8 @@ pub struct TokenGrant {
     pub last_seen_at: Option<Millis>,
     pub invite_host: Option<String>,
     pub invite_port: Option<u16>,
+    /// The node that uses the token, as its last hello said.
+    pub node_id: Option<NodeId>,
 }
 
 impl TokenGrant {
@@ -219,6 +221,24 @@ impl Store {
         })
     }
 
+    /// Notes which node uses `peer`'s token (a write only when it changed).
+    pub fn note_caller(&self, peer: &Name, node: &NodeId) -> Result<()> {
+        let known = self
+            .token_grants()?
+            .into_iter()
+            .any(|g| g.peer == peer.as_str() && g.node_id.as_ref() == Some(node));
+        if known {
+            return Ok(());
+        }
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE tokens SET node_id = ?2 WHERE peer = ?1",
+                params![peer.as_str(), node.as_str()],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Revokes `peer`'s token alone. Returns false if there is none.
     pub fn revoke_token(&self, peer: &str, now: Millis) -> Result<bool> {
         self.write(|tx| {
@@ -234,7 +254,7 @@ impl Store {
         let r = self.reader()?;
         let mut stmt = r.prepare(
             "SELECT peer, created_at, claim_by, claimed_at, revoked_at, last_seen_at,
-                    invite_host, invite_port
+                    invite_host, invite_port, node_id
              FROM tokens ORDER BY peer",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -247,6 +267,7 @@ impl Store {
                 last_seen_at: r.get(5)?,
                 invite_host: r.get(6)?,
                 invite_port: r.get(7)?,
+                node_id: r.get::<_, Option<String>>(8)?.and_then(|n| n.parse().ok()),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -223,6 +223,11 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE remotes ADD COLUMN joined_at INTEGER;
     "#,
+    // 7: the node that uses each token (its hello says), so a hub knows
+    // when it last saw each node that dials it.
+    r#"
+    ALTER TABLE tokens ADD COLUMN node_id TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

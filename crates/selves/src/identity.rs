@@ -6,11 +6,13 @@
 //! The scan never records `SELVES.md` at a share's root, so the page never
 //! syncs as a file and never conflicts.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use selves_share::{Engine, Generated};
-use selves_store::{Remote, ShareMode, Store};
+use selves_store::{ShareMode, Store};
+use selves_wire::NodeId;
 use selves_wire::card::NodeCard;
 use selves_wire::file::RelPath;
 
@@ -90,10 +92,12 @@ fn minute(ms: i64) -> String {
 /// The page as seen from node `me`: this node first, then every other by
 /// name. Only facts that change rarely are written (to the minute), so the
 /// file changes only when something worth reading did.
+/// `contacts`: when this node last had direct contact with a node (its own
+/// successful sync with it, or the node calling it), by node id.
 pub fn render(
-    me: &selves_wire::NodeId,
+    me: &NodeId,
     cards: &[NodeCard],
-    remotes: &[Remote],
+    contacts: &BTreeMap<NodeId, i64>,
     this_sync: Option<i64>,
 ) -> String {
     let mut out = format!("{HEADER}\n# Selves\n\n");
@@ -106,13 +110,8 @@ pub fn render(
     ));
     for card in ordered {
         let this = &card.id == me;
-        // Direct evidence: our own successful syncs with it.
-        let dialled = remotes
-            .iter()
-            .filter(|r| r.node_id.as_ref() == Some(&card.id))
-            .filter_map(|r| r.last_success_at)
-            .max();
-        let seen = [Some(card.updated_at), card.last_sync_at, dialled]
+        let contact = contacts.get(&card.id).copied();
+        let seen = [Some(card.updated_at), card.last_sync_at, contact]
             .into_iter()
             .flatten()
             .max();
@@ -158,10 +157,23 @@ pub fn render(
 
 /// The page as this node renders it now.
 pub fn page(store: &Store) -> anyhow::Result<String> {
+    let mut contacts = BTreeMap::new();
+    let dialled = store
+        .remotes()?
+        .into_iter()
+        .filter_map(|r| Some((r.node_id?, r.last_success_at?)));
+    let called = store
+        .token_grants()?
+        .into_iter()
+        .filter_map(|g| Some((g.node_id?, g.last_seen_at?)));
+    for (id, at) in dialled.chain(called) {
+        let t = contacts.entry(id).or_insert(at);
+        *t = (*t).max(at);
+    }
     Ok(render(
         &store.me().id,
         &store.cards()?,
-        &store.remotes()?,
+        &contacts,
         last_sync(store)?,
     ))
 }
@@ -241,7 +253,6 @@ pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use selves_wire::NodeId;
 
     fn card(n: u8, name: &str, at: i64) -> NodeCard {
         NodeCard::new(NodeId::from_bytes([n; 16]), name.parse().unwrap(), at)
@@ -263,7 +274,7 @@ mod tests {
                 ..card(2, "laptop", 1_763_700_000_000)
             },
         ];
-        let page = render(&me, &cards, &[], None);
+        let page = render(&me, &cards, &BTreeMap::new(), None);
         assert!(page.starts_with(HEADER));
         let laptop = page.find("## laptop (this node)").unwrap();
         let alpha = page.find("## alpha\n").unwrap();
@@ -279,7 +290,14 @@ mod tests {
         assert!(page.contains("- **Last sync:** 2025-11-22 08:26 UTC"));
         assert!(page.contains("- **Last sync:** never"));
         assert!(page.contains("2 nodes of one memory"));
+        // Direct contact newer than the card counts as seen.
+        let contacts = BTreeMap::from([(NodeId::from_bytes([1; 16]), 1_763_900_000_000)]);
+        let seen = render(&me, &cards, &contacts, None);
+        assert!(
+            seen.contains("- **Last seen:** 2025-11-23 12:13 UTC"),
+            "{seen}"
+        );
         // Rendering is a pure function of its inputs.
-        assert_eq!(page, render(&me, &cards, &[], None));
+        assert_eq!(page, render(&me, &cards, &BTreeMap::new(), None));
     }
 }
