@@ -405,7 +405,17 @@ fn ensure_tunnel(
         && t.identity == identity
         && local_port.is_none_or(|p| p == t.local_port)
     {
-        return Ok(t);
+        if t.state != "auth-failed" {
+            return Ok(t);
+        }
+        // ssh accepts the key now (the probe said so); a new `added_at`
+        // makes a running daemon start this tunnel's keeper afresh.
+        let fresh = Tunnel {
+            added_at: now_ms(),
+            ..t
+        };
+        store.put_tunnel(&fresh)?;
+        return Ok(fresh);
     }
     let local_port = match local_port {
         Some(p) => p,

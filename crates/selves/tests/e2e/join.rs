@@ -188,7 +188,7 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
     let mut keys = std::fs::read_to_string(sshd.authorized_keys()).unwrap();
     keys.push_str(key_line);
     keys.push('\n');
-    std::fs::write(sshd.authorized_keys(), keys).unwrap();
+    std::fs::write(sshd.authorized_keys(), &keys).unwrap();
 
     let joined = join_via(&spoke, &sshd, &blob);
     assert_eq!(joined.code, 0, "{joined:?}");
@@ -217,7 +217,7 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
 
     // The join's own ssh ended with it; the daemon keeps the saved tunnel
     // up and syncs through it.
-    let _daemon = spoke
+    let daemon = spoke
         .command(&["daemon"])
         .env("SELVES_SSH_CONFIG", sshd.client_config())
         .stdout(Stdio::null())
@@ -232,12 +232,45 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
         spoke.json(&["tunnel", "list", "--json"])
     );
     // Its keeper reports it up after the first check through it.
-    assert!(
-        wait_until(15, || spoke.json(&["tunnel", "list", "--json"])[0]["state"]
-            == "up"),
-        "{}",
-        spoke.json(&["tunnel", "list", "--json"])
+    let state = || spoke.json(&["tunnel", "list", "--json"])[0]["state"].clone();
+    assert!(wait_until(15, || state() == "up"), "{}", state());
+
+    // The key is withdrawn on the host: a restarted daemon's keeper stops
+    // in auth-failed. Once the key is back, `join --force` (its probe
+    // passes) gets that keeper going again.
+    drop(daemon);
+    std::fs::write(
+        sshd.authorized_keys(),
+        &keys[..keys.len() - key_line.len() - 1],
+    )
+    .unwrap();
+    let _daemon = spoke
+        .command(&["daemon"])
+        .env("SELVES_SSH_CONFIG", sshd.client_config())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    assert!(wait_until(20, || state() == "auth-failed"), "{}", state());
+    std::fs::write(sshd.authorized_keys(), &keys).unwrap();
+    let rejoined = Run::from(
+        spoke
+            .command(&["join", "--force", &blob])
+            .env("SELVES_SSH_CONFIG", sshd.client_config())
+            .output()
+            .unwrap(),
     );
+    assert!(
+        rejoined.stdout.contains("joined hub as laptop"),
+        "{rejoined:?}"
+    );
+    // The join used the daemon's tunnel: it started no ssh of its own.
+    assert!(
+        rejoined.stdout.contains("the daemon here syncs with hub"),
+        "{rejoined:?}"
+    );
+    assert!(wait_until(15, || state() == "up"), "{}", state());
 }
 
 struct KillOnDrop(std::process::Child);
