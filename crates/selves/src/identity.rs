@@ -178,21 +178,29 @@ pub fn page(store: &Store) -> anyhow::Result<String> {
     ))
 }
 
+/// What [`write_pages`] did: the shares whose page it wrote, and the ones
+/// it could not write (`share: why`).
+#[derive(Debug, Default)]
+pub struct Pages {
+    pub written: Vec<String>,
+    pub failed: Vec<String>,
+}
+
 /// Renders the page and writes it into every two-way share whose content
-/// differs. Returns the shares written.
-pub fn write_pages(store: &Store, engine: &Engine) -> anyhow::Result<Vec<String>> {
+/// differs.
+pub fn write_pages(store: &Store, engine: &Engine) -> anyhow::Result<Pages> {
+    let mut pages = Pages::default();
     let shares: Vec<_> = store
         .shares()?
         .into_iter()
         .filter(|s| s.mode == ShareMode::TwoWay)
         .collect();
     if shares.is_empty() {
-        return Ok(Vec::new());
+        return Ok(pages);
     }
     let page = page(store)?;
     let path = RelPath::parse(PAGE).expect("a valid path");
     let keep = RelPath::parse(KEPT_PAGE).expect("a valid path");
-    let mut written = Vec::new();
     for share in shares {
         if !share.root.is_dir() {
             continue;
@@ -203,12 +211,12 @@ pub fn write_pages(store: &Store, engine: &Engine) -> anyhow::Result<Vec<String>
                 if let Some(kept) = kept {
                     tracing::warn!(share = %share.name, kept = %kept, "a SELVES.md not written by selves was kept under another name");
                 }
-                written.push(share.name.to_string());
+                pages.written.push(share.name.to_string());
             }
-            Err(e) => tracing::warn!(share = %share.name, error = %e, "cannot write SELVES.md"),
+            Err(e) => pages.failed.push(format!("{}: {e}", share.name)),
         }
     }
-    Ok(written)
+    Ok(pages)
 }
 
 /// The daemon's identity task: keeps this node's card fresh and the page
@@ -217,6 +225,8 @@ pub fn write_pages(store: &Store, engine: &Engine) -> anyhow::Result<Vec<String>
 pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
     let mut versions = ctx.changes.subscribe();
     let mut stop = ctx.stop.clone();
+    // A page that cannot be written is said once, not every half minute.
+    let mut failing: Vec<String> = Vec::new();
     loop {
         let (store, engine) = (ctx.store.clone(), ctx.engine.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -225,10 +235,15 @@ pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
         })
         .await;
         match done {
-            Ok(Ok(written)) if !written.is_empty() => {
-                tracing::debug!(shares = ?written, "SELVES.md written");
+            Ok(Ok(pages)) => {
+                if !pages.written.is_empty() {
+                    tracing::debug!(shares = ?pages.written, "SELVES.md written");
+                }
+                for why in pages.failed.iter().filter(|f| !failing.contains(f)) {
+                    tracing::warn!("cannot write SELVES.md in {why}");
+                }
+                failing = pages.failed;
             }
-            Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "identity page"),
             Err(e) => tracing::warn!(error = %e, "identity page"),
         }

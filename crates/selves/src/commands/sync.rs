@@ -119,8 +119,13 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
         output::print_json(&results)?;
     }
     // The identity page, as the daemon keeps it, for nodes synced by hand.
-    if let Err(e) = crate::identity::write_pages(&store, &engine) {
-        tracing::warn!(error = %format!("{e:#}"), "cannot write SELVES.md");
+    match crate::identity::write_pages(&store, &engine) {
+        Ok(pages) => {
+            for why in pages.failed {
+                tracing::warn!("cannot write SELVES.md in {why}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot write SELVES.md"),
     }
     if let Err(e) = engine.prune_blobs() {
         tracing::warn!(error = %e, "could not prune the blob store");

@@ -166,3 +166,39 @@ fn identity_fields_are_checked_and_shown() {
     assert!(node.ok(&["identity", "page"]).contains("- **Role:** —"));
     node.ok(&["check"]);
 }
+
+#[test]
+fn a_symlinked_selves_md_is_never_followed_and_said_once() {
+    let node = Node::init("solo", &["--role", "alone"]);
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "not yours to overwrite\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("SELVES.md")).unwrap();
+    node.ok(&["share", "add", "knowledge", dir.path().to_str().unwrap()]);
+    let _daemon = node.daemon(&[]);
+    let said = || node.daemon_log().matches("cannot write SELVES.md").count();
+    assert!(wait_until(10, || said() == 1), "{}", node.daemon_log());
+    // More rounds of the identity task: each one moved by a change.
+    for i in 0..3 {
+        node.ok(&[
+            "remember",
+            "--source",
+            "s",
+            "--conversation",
+            "c",
+            &format!("poke {i}"),
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    }
+    assert_eq!(said(), 1, "{}", node.daemon_log());
+    assert_eq!(
+        std::fs::read_to_string(outside.path()).unwrap(),
+        "not yours to overwrite\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("SELVES.md"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
