@@ -316,60 +316,22 @@ async fn run_round(
         "selves",
     );
     let batch_records = opts.batch_records.map_or(u32::MAX, |b| b.max(1));
-    pull_all(
+    let round = Exchange {
         store,
         client,
         opts,
         progress,
         counters,
-        to_pull,
+        started,
         batch_records,
-        started,
-        &mut report,
-    )
-    .await?;
-    let push_records = batch_records.min(hello.limits.max_push_records).max(1);
+        push_records: batch_records.min(hello.limits.max_push_records).max(1),
+        max_body: hello.limits.max_body_bytes,
+    };
     let to_push_targets = to_push.clone();
-    push_all(
-        store,
-        client,
-        opts,
-        progress,
-        counters,
-        to_push,
-        push_records,
-        hello.limits.max_body_bytes,
-        started,
-        &mut report,
-    )
-    .await?;
+    round.run(to_pull, to_push, &mut report).await?;
     if !cards_pull.is_empty() || !cards_push.is_empty() {
         let mut cards = SyncReport::new(String::new(), None, "selves");
-        pull_all(
-            store,
-            client,
-            opts,
-            progress,
-            counters,
-            cards_pull,
-            batch_records,
-            started,
-            &mut cards,
-        )
-        .await?;
-        push_all(
-            store,
-            client,
-            opts,
-            progress,
-            counters,
-            cards_push,
-            push_records,
-            hello.limits.max_body_bytes,
-            started,
-            &mut cards,
-        )
-        .await?;
+        round.run(cards_pull, cards_push, &mut cards).await?;
         report.cards_pulled = cards.pulled;
         report.cards_pushed = cards.pushed;
         report.duplicates += cards.duplicates;
@@ -408,6 +370,55 @@ async fn run_round(
     report.shares =
         crate::shares::sync_shares(store, engine, client, &hello, opts, progress, counters).await?;
     Ok(report)
+}
+
+/// What one round's record moves share.
+struct Exchange<'a> {
+    store: &'a Arc<Store>,
+    client: &'a PeerClient,
+    opts: &'a SyncOptions,
+    progress: &'a dyn Progress,
+    counters: &'a Counters,
+    started: Instant,
+    batch_records: u32,
+    push_records: u32,
+    max_body: u64,
+}
+
+impl Exchange<'_> {
+    /// Pulls what `pull` wants, then pushes what `push` wants, into `report`.
+    async fn run(
+        &self,
+        pull: Vec<Want>,
+        push: Vec<Want>,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        pull_all(
+            self.store,
+            self.client,
+            self.opts,
+            self.progress,
+            self.counters,
+            pull,
+            self.batch_records,
+            self.started,
+            report,
+        )
+        .await?;
+        push_all(
+            self.store,
+            self.client,
+            self.opts,
+            self.progress,
+            self.counters,
+            push,
+            self.push_records,
+            self.max_body,
+            self.started,
+            report,
+        )
+        .await
+    }
 }
 
 /// A (node, stream) to move: records after `after` up to `target`.

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::harness::{Node, Run, wait_until};
+use crate::harness::{Daemon, Node, Run, wait_until};
 use crate::tunnels::sshd;
 
 fn join_blob(hub: &Node, peer: &str, port: u16, extra: &[&str]) -> String {
@@ -217,14 +217,9 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
 
     // The join's own ssh ended with it; the daemon keeps the saved tunnel
     // up and syncs through it.
-    let daemon = spoke
-        .command(&["daemon"])
-        .env("SELVES_SSH_CONFIG", sshd.client_config())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let daemon = Daemon {
+        child: crate::tunnels::daemon(&spoke, &sshd),
+    };
     remember(&spoke, "through the tunnel the join saved");
     assert!(
         wait_until(20, || hub.rows() == 2),
@@ -244,14 +239,9 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
         &keys[..keys.len() - key_line.len() - 1],
     )
     .unwrap();
-    let _daemon = spoke
-        .command(&["daemon"])
-        .env("SELVES_SSH_CONFIG", sshd.client_config())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(KillOnDrop)
-        .unwrap();
+    let _daemon = Daemon {
+        child: crate::tunnels::daemon(&spoke, &sshd),
+    };
     assert!(wait_until(20, || state() == "auth-failed"), "{}", state());
     std::fs::write(sshd.authorized_keys(), &keys).unwrap();
     let rejoined = Run::from(
@@ -271,15 +261,6 @@ fn join_through_ssh_prints_the_key_to_authorise_then_tunnels() {
         "{rejoined:?}"
     );
     assert!(wait_until(15, || state() == "up"), "{}", state());
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -190,7 +190,8 @@ fn add_hub_behind_tunnel(
     local
 }
 
-fn daemon(spoke: &Node, sshd: &Sshd) -> Child {
+/// `selves daemon` on `spoke`, its ssh reading the test's empty config.
+pub(crate) fn daemon(spoke: &Node, sshd: &Sshd) -> Child {
     spoke
         .command(&["daemon"])
         .env("SELVES_SSH_CONFIG", sshd.client_config())
