@@ -14,7 +14,7 @@ pub mod shares;
 pub mod tls;
 
 pub use memex::sync_memex;
-pub use peer::{PeerClient, PeerTarget, SyncError};
+pub use peer::{PeerClient, PeerTarget, Prover, SyncError, prover};
 pub use replicate::{
     NoProgress, Progress, SyncOptions, SyncReport, digest, handshake, marker, sync,
 };

@@ -61,6 +61,14 @@ pub enum SyncError {
     },
     #[error("{url} is this node itself (same node id): nothing to sync")]
     SameNode { url: String },
+    #[error(
+        "{url} is node {found}, not node {expected} this peer was paired with: is the address right?"
+    )]
+    WrongNode {
+        url: String,
+        expected: selves_wire::NodeId,
+        found: selves_wire::NodeId,
+    },
     #[error("{url} has no such endpoint ({detail})")]
     NotFound { url: String, detail: String },
     #[error(
@@ -101,7 +109,9 @@ impl SyncError {
             SyncError::BadRequest { .. }
             | SyncError::Protocol { .. }
             | SyncError::NotFound { .. } => "protocol",
-            SyncError::Conflict { .. } | SyncError::SameNode { .. } => "conflict",
+            SyncError::Conflict { .. }
+            | SyncError::SameNode { .. }
+            | SyncError::WrongNode { .. } => "conflict",
             SyncError::Store(_) => "store",
             SyncError::Share { .. } => "share",
         }
@@ -109,18 +119,53 @@ impl SyncError {
 }
 
 /// Where a peer is and how it is trusted.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerTarget {
     /// `https://host:port`, no trailing slash.
     pub url: String,
     pub token: Token,
     pub trust: Trust,
+    /// The peer's node id, when known: this node's proof of its key is
+    /// made for it alone.
+    pub node: Option<selves_wire::NodeId>,
+    /// Makes this node's proof of its key for a server at a time (the
+    /// store holds the key), for requests made without a hello first.
+    pub prover: Option<Prover>,
 }
+
+impl std::fmt::Debug for PeerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTarget")
+            .field("url", &self.url)
+            .field("trust", &self.trust)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Signs this node's proof of its key for server `node` at `at_ms`.
+pub type Prover =
+    std::sync::Arc<dyn Fn(&selves_wire::NodeId, i64) -> selves_wire::sign::Signature + Send + Sync>;
+
+/// The prover of the node whose store holds the key.
+pub fn prover(store: &std::sync::Arc<selves_store::Store>) -> Prover {
+    let store = store.clone();
+    std::sync::Arc::new(move |server, at| store.prove(server, at))
+}
+
+/// How long a proof is reused before a fresh one is made (the server
+/// takes proofs up to ten minutes old).
+const PROOF_REUSE_MS: i64 = 4 * 60 * 1000;
 
 pub struct PeerClient {
     http: reqwest::Client,
     target: PeerTarget,
     traffic: std::sync::atomic::AtomicU64,
+    /// The `selves-proof` header sent with every request, and when it
+    /// was made.
+    proof: std::sync::Mutex<Option<(i64, String)>>,
+    /// The peer's node id, as configured or as its hello said.
+    server: std::sync::Mutex<Option<selves_wire::NodeId>>,
 }
 
 impl PeerClient {
@@ -145,13 +190,70 @@ impl PeerClient {
             })?;
         Ok(PeerClient {
             http,
-            target,
             traffic: Default::default(),
+            proof: Default::default(),
+            server: std::sync::Mutex::new(target.node.clone()),
+            target,
         })
     }
 
     pub fn url(&self) -> &str {
         &self.target.url
+    }
+
+    /// The peer's node id, when known before hello.
+    pub fn node(&self) -> Option<&selves_wire::NodeId> {
+        self.target.node.as_ref()
+    }
+
+    /// Notes who the peer is (learnt since this client was made), so its
+    /// requests can carry a proof made for it.
+    pub fn set_server(&self, server: &selves_wire::NodeId) {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.clone());
+    }
+
+    /// Whether the peer's node id is known (configured or learnt).
+    pub fn knows_server(&self) -> bool {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Notes who the peer is (its hello said) and the proof of this
+    /// node's key made for it, sent with every later request.
+    pub fn set_proof(
+        &self,
+        server: &selves_wire::NodeId,
+        at_ms: i64,
+        sig: &selves_wire::sign::Signature,
+    ) {
+        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.clone());
+        *self.proof.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((at_ms, format!("{at_ms}.{sig}")));
+    }
+
+    fn with_proof(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let now = crate::replicate::now_ms();
+        let mut proof = self.proof.lock().unwrap_or_else(|p| p.into_inner());
+        let stale = proof
+            .as_ref()
+            .is_none_or(|(at, _)| now - at > PROOF_REUSE_MS);
+        if stale
+            && let Some(prover) = &self.target.prover
+            && let Some(server) = self
+                .server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        {
+            let sig = prover(&server, now);
+            *proof = Some((now, format!("{now}.{sig}")));
+        }
+        match proof.as_ref() {
+            Some((_, p)) => req.header(native::PROOF_HEADER, p),
+            None => req,
+        }
     }
 
     pub async fn hello(&self, req: &HelloRequest) -> Result<Hello, SyncError> {
@@ -214,17 +316,21 @@ impl PeerClient {
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .get(format!("{}{path}", self.target.url))
-            .bearer_auth(self.target.token.to_hex())
+        self.with_proof(
+            self.http
+                .get(format!("{}{path}", self.target.url))
+                .bearer_auth(self.target.token.to_hex()),
+        )
     }
 
     fn post(&self, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.target.url))
-            .bearer_auth(self.target.token.to_hex())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
+        self.with_proof(
+            self.http
+                .post(format!("{}{path}", self.target.url))
+                .bearer_auth(self.target.token.to_hex())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, SyncError> {
@@ -269,7 +375,7 @@ impl PeerClient {
             .bearer_auth(self.target.token.to_hex())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
-        let bytes = self.send(req).await?;
+        let bytes = self.send(self.with_proof(req)).await?;
         self.parse(&bytes)
     }
 

@@ -94,6 +94,14 @@ pub struct SyncReport {
     /// memex rows refused for their content (they stay on the memex node).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// Batches this node refused from the peer: not provably written by
+    /// their node, or a second branch of a log held (a fork).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<selves_store::Refusal>,
+    /// Batches the peer refused of what this node pushed, for the same
+    /// reasons.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_refused: Vec<Voided>,
     pub retries: u32,
     pub rate_limited: u32,
     pub elapsed_ms: u64,
@@ -112,7 +120,9 @@ pub struct SyncReport {
 
 impl SyncReport {
     pub fn up_to_date(&self) -> bool {
-        self.pulled == 0
+        self.refusals.is_empty()
+            && self.peer_refused.is_empty()
+            && self.pulled == 0
             && self.pushed == 0
             && self.shares.iter().all(|s| s.pulled == 0 && s.pushed == 0)
     }
@@ -146,6 +156,8 @@ impl SyncReport {
             duplicates: 0,
             voided: Vec::new(),
             refused: Vec::new(),
+            refusals: Vec::new(),
+            peer_refused: Vec::new(),
             retries: 0,
             rate_limited: 0,
             elapsed_ms: 0,
@@ -195,7 +207,13 @@ pub async fn sync(
 fn merge(a: SyncReport, b: SyncReport) -> SyncReport {
     let mut voided = a.voided;
     voided.extend(b.voided);
+    let mut refusals = a.refusals;
+    refusals.extend(b.refusals);
+    let mut peer_refused = a.peer_refused;
+    peer_refused.extend(b.peer_refused);
     SyncReport {
+        refusals,
+        peer_refused,
         pulled: a.pulled + b.pulled,
         pushed: a.pushed + b.pushed,
         changed_rows: a.changed_rows + b.changed_rows,
@@ -250,30 +268,93 @@ async fn handshake_counted(
     counters: &Counters,
 ) -> Result<Hello, SyncError> {
     let me = store.me();
-    let req = HelloRequest {
-        protocol: PROTOCOL,
-        node: NodeInfo {
-            id: me.id.clone(),
-            name: me.name.clone(),
-        },
+    let s = store.clone();
+    let abandoned = blocking(move || Ok(s.abandoned()?)).await?;
+    // The proof is for the peer we mean; a peer we do not know by id yet
+    // tells us who it is (409 wrong_server), and we say hello again.
+    let mut to = client
+        .node()
+        .cloned()
+        .unwrap_or_else(|| NodeId::from_bytes([0; 16]));
+    let hello = loop {
+        let at = now_ms();
+        let req = HelloRequest {
+            protocol: PROTOCOL,
+            node: NodeInfo {
+                id: me.id.clone(),
+                name: me.name.clone(),
+            },
+            key: store.public_key(),
+            to: to.clone(),
+            at,
+            proof: store.prove(&to, at),
+            abandoned: abandoned.clone(),
+        };
+        match retry(opts, progress, counters, || client.hello(&req)).await {
+            Ok(hello) => {
+                if hello.protocol.major != PROTOCOL.major {
+                    return Err(SyncError::ProtocolMismatch {
+                        url: client.url().to_owned(),
+                        theirs: hello.protocol.major,
+                        ours: PROTOCOL.major,
+                    });
+                }
+                client.set_proof(&hello.node.id, at, &req.proof);
+                break hello;
+            }
+            Err(SyncError::Conflict { code, .. }) if code == "same_node" => {
+                return Err(SyncError::SameNode {
+                    url: client.url().to_owned(),
+                });
+            }
+            Err(SyncError::Conflict { code, detail, .. }) if code == "wrong_server" => {
+                let theirs: NodeId = detail.trim().parse().map_err(|_| SyncError::Protocol {
+                    url: client.url().to_owned(),
+                    detail: format!("it named itself {detail:?}"),
+                })?;
+                if theirs == to {
+                    return Err(SyncError::Protocol {
+                        url: client.url().to_owned(),
+                        detail: "it refused a hello meant for itself".into(),
+                    });
+                }
+                if client.node().is_some() {
+                    return Err(SyncError::WrongNode {
+                        url: client.url().to_owned(),
+                        expected: to,
+                        found: theirs,
+                    });
+                }
+                to = theirs;
+            }
+            Err(e) => return Err(e),
+        }
     };
-    let hello = retry(opts, progress, counters, || client.hello(&req)).await?;
-    if hello.protocol.major != PROTOCOL.major {
-        return Err(SyncError::ProtocolMismatch {
-            url: client.url().to_owned(),
-            theirs: hello.protocol.major,
-            ours: PROTOCOL.major,
-        });
-    }
-    if hello.node.id == store.me().id {
-        return Err(SyncError::SameNode {
-            url: client.url().to_owned(),
-        });
-    }
     let mut names = hello.nodes.clone();
     names.push(hello.node.clone());
     let s = store.clone();
-    blocking(move || Ok(s.learn_nodes(&names)?)).await?;
+    let (id, name, key) = (
+        hello.node.id.clone(),
+        hello.node.name.to_string(),
+        hello.key,
+    );
+    let statements = hello.abandoned.clone();
+    let bound = blocking(move || {
+        let bound = s.bind_node_key(&id, Some(&name), &key)?;
+        s.learn_nodes(&names)?;
+        s.take_abandoned(&statements, now_ms())?;
+        Ok(bound)
+    })
+    .await?;
+    if !bound {
+        return Err(SyncError::Protocol {
+            url: client.url().to_owned(),
+            detail: format!(
+                "it says it is node {}, whose key here is another",
+                hello.node.id
+            ),
+        });
+    }
     Ok(hello)
 }
 
@@ -290,11 +371,57 @@ async fn run_round(
     let s = store.clone();
     let ours = blocking(move || Ok(s.heads()?)).await?;
     // Memory, then node cards, here; shares after them, by the share engine.
-    let to_pull = ahead(&hello.heads, &ours, StreamName::is_memory);
+    let mut to_pull = ahead(&hello.heads, &ours, StreamName::is_memory);
+    let mut cards_pull = ahead(&hello.heads, &ours, StreamName::is_nodes);
+    // This node's own logs as the peer holds them: a peer that holds more
+    // of them, or another branch, means this home was restored (or
+    // copied). Its own log is then pulled from the start, so the fork is
+    // found exactly and the home recovers (see selves_store::chain).
+    let s = store.clone();
+    let peer_heads = hello.heads.clone();
+    let peer_name = hello.node.name.to_string();
+    let diverged: Vec<Head> = blocking(move || {
+        let me = s.me().id.clone();
+        // Another node's log where the peer holds another branch at a seq
+        // this node holds too: a fork no batch will show (neither side is
+        // ahead), kept as evidence for status.
+        for h in peer_heads.iter().filter(|h| h.node != me) {
+            if let Some(theirs) = &h.chain
+                && s.note_fork_seen(&h.node, &h.stream, h.seq, theirs, &peer_name, now_ms())?
+            {
+                tracing::warn!(node = %h.node, stream = %h.stream, seq = h.seq, peer = %peer_name, "a fork: the peer holds another branch of this log");
+            }
+        }
+        let mut out = Vec::new();
+        for h in peer_heads.iter().filter(|h| h.node == me) {
+            let mine = s.head(&me, &h.stream)?;
+            let other_branch = h.seq <= mine && h.chain.is_some() && s.chain_of(&me, &h.stream, h.seq)? != h.chain;
+            if other_branch || h.seq > mine {
+                out.push(h.clone());
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    for h in diverged {
+        let wants = if h.stream.is_memory() {
+            &mut to_pull
+        } else if h.stream.is_nodes() {
+            &mut cards_pull
+        } else {
+            continue;
+        };
+        wants.retain(|w| !(w.node == h.node && w.stream == h.stream));
+        wants.push(Want {
+            node: h.node,
+            stream: h.stream,
+            after: 0,
+            target: h.seq,
+        });
+    }
     let to_push = ahead(&ours, &hello.heads, |s| {
         s.is_memory() && hello.streams.contains(s)
     });
-    let cards_pull = ahead(&hello.heads, &ours, StreamName::is_nodes);
     let cards_push = ahead(&ours, &hello.heads, |s| {
         s.is_nodes() && hello.streams.contains(s)
     });
@@ -327,15 +454,33 @@ async fn run_round(
         push_records: batch_records.min(hello.limits.max_push_records).max(1),
         max_body: hello.limits.max_body_bytes,
     };
+    let to_push = round
+        .run(
+            to_pull,
+            to_push,
+            &hello.heads,
+            StreamName::is_memory,
+            &mut report,
+        )
+        .await?;
     let to_push_targets = to_push.clone();
-    round.run(to_pull, to_push, &mut report).await?;
     if !cards_pull.is_empty() || !cards_push.is_empty() {
         let mut cards = SyncReport::new(String::new(), None, "selves");
-        round.run(cards_pull, cards_push, &mut cards).await?;
+        round
+            .run(
+                cards_pull,
+                cards_push,
+                &hello.heads,
+                StreamName::is_nodes,
+                &mut cards,
+            )
+            .await?;
         report.cards_pulled = cards.pulled;
         report.cards_pushed = cards.pushed;
         report.duplicates += cards.duplicates;
         report.voided.extend(cards.voided);
+        report.refusals.extend(cards.refusals);
+        report.peer_refused.extend(cards.peer_refused);
     }
     report.peer_heads = hello
         .heads
@@ -348,6 +493,7 @@ async fn run_round(
                 .map_or(0, |w| w.target);
             Head {
                 seq: h.seq.max(pushed),
+                chain: None,
                 ..h.clone()
             }
         })
@@ -360,11 +506,7 @@ async fn run_round(
                         .iter()
                         .any(|h| h.node == w.node && h.stream == w.stream)
                 })
-                .map(|w| Head {
-                    node: w.node.clone(),
-                    stream: w.stream.clone(),
-                    seq: w.target,
-                }),
+                .map(|w| Head::new(w.node.clone(), w.stream.clone(), w.target)),
         )
         .collect();
     report.shares =
@@ -386,13 +528,20 @@ struct Exchange<'a> {
 }
 
 impl Exchange<'_> {
-    /// Pulls what `pull` wants, then pushes what `push` wants, into `report`.
+    /// Pulls what `pull` wants, then pushes what `push` wants, into
+    /// `report`. When the pull made this node write its own records again
+    /// (a restore recovered), the push is planned again against the
+    /// peer's heads (`theirs`, for streams `carry` takes) so they leave in
+    /// this round. Returns the push planned.
     async fn run(
         &self,
         pull: Vec<Want>,
-        push: Vec<Want>,
+        mut push: Vec<Want>,
+        theirs: &[Head],
+        carry: impl Fn(&StreamName) -> bool,
         report: &mut SyncReport,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Vec<Want>, SyncError> {
+        let pulled_own = pull.iter().any(|w| w.node == self.store.me().id);
         pull_all(
             self.store,
             self.client,
@@ -405,19 +554,42 @@ impl Exchange<'_> {
             report,
         )
         .await?;
+        if pulled_own {
+            let s = self.store.clone();
+            let (reissued, ours) =
+                blocking(move || Ok((s.reissue_pending(now_ms())?, s.heads()?))).await?;
+            if reissued > 0 {
+                tracing::info!(
+                    records = reissued,
+                    "recovered from a restore: own records written again"
+                );
+            }
+            // What this node holds now (its own log may have been cut
+            // back to the peer's branch) against what the peer holds.
+            push = ahead(&ours, theirs, |s| carry(s))
+                .into_iter()
+                .filter(|w| {
+                    w.node == self.store.me().id
+                        || push
+                            .iter()
+                            .any(|p| p.node == w.node && p.stream == w.stream)
+                })
+                .collect();
+        }
         push_all(
             self.store,
             self.client,
             self.opts,
             self.progress,
             self.counters,
-            push,
+            push.clone(),
             self.push_records,
             self.max_body,
             self.started,
             report,
         )
-        .await
+        .await?;
+        Ok(push)
     }
 }
 
@@ -557,8 +729,11 @@ async fn pull_all(
         max_bytes: None,
     };
     let mut next = fetch(client, opts, progress, counters, request(&wants)).await?;
+    // Logs whose batch was refused: nothing more of them is applied this
+    // round (the next batch would not continue what is held).
+    let mut refused: Vec<(NodeId, StreamName)> = Vec::new();
     loop {
-        let parsed = next;
+        let mut parsed = next;
         if parsed.records == 0 {
             return Err(SyncError::Protocol {
                 url: client.url().to_owned(),
@@ -569,13 +744,18 @@ async fn pull_all(
             });
         }
         advance(&mut wants, &parsed.ends);
+        parsed.batches.retain(|b| {
+            !refused
+                .iter()
+                .any(|(n, st)| *n == b.node && *st == b.stream)
+        });
         let s = store.clone();
         let batches = parsed.batches;
         // Pulled records need not wait for the disk batch by batch: one
         // FULL commit at the end makes them all durable. (Nothing is
         // acknowledged in between, and a power loss can only drop a suffix,
         // fetched again next round.)
-        let apply = blocking(move || Ok(s.apply(batches, Durability::Deferred)?));
+        let apply = blocking(move || Ok(s.apply(batches, Durability::Deferred, now_ms())?));
         let prefetch = async {
             if wants.is_empty() {
                 None
@@ -597,6 +777,12 @@ async fn pull_all(
             "pulled batch applied"
         );
         let summary = applied?;
+        for r in &summary.refused {
+            tracing::warn!(node = %r.node, stream = %r.stream, seq = r.seq, reason = %r.reason, "pulled records refused");
+            refused.push((r.node.clone(), r.stream.clone()));
+            wants.retain(|w| !(w.node == r.node && w.stream == r.stream));
+        }
+        report.refusals.extend(summary.refused);
         report.pulled += summary.accepted;
         report.duplicates += summary.duplicates;
         report.changed_rows += summary.changed_rows;
@@ -715,6 +901,7 @@ async fn push_all(
         tokio::select! {
             Some((sent, p)) = inflight.next(), if !inflight.is_empty() => match sent {
                 Ok(resp) => {
+                    report.peer_refused.extend(resp.refused);
                     report.pushed += resp.accepted;
                     report.duplicates += resp.duplicates;
                     report.voided.extend(resp.voided);

@@ -280,6 +280,17 @@ impl Ctx<'_> {
                 Ok(commit) => {
                     report.pulled += commit.accepted;
                     report.voided += commit.voided.len() as u64;
+                    if let Some(r) = commit.refused.first() {
+                        return Err(SyncError::Share {
+                            share: self.share.name.to_string(),
+                            detail: format!(
+                                "records of node {} refused ({}): {}",
+                                r.node,
+                                r.kind.as_str(),
+                                r.reason
+                            ),
+                        });
+                    }
                     return Ok(true);
                 }
                 Err(ShareError::MissingBlob(hash)) => {
@@ -424,6 +435,12 @@ impl Ctx<'_> {
             };
             report.pushed += resp.accepted;
             report.voided += resp.voided.len() as u64;
+            if let Some(r) = resp.refused.first() {
+                return Err(SyncError::Share {
+                    share: self.share.name.to_string(),
+                    detail: format!("the peer refused records of node {}: {}", r.node, r.reason),
+                });
+            }
             self.progress.pushed(resp.accepted + resp.duplicates);
             let mut moved = false;
             for h in resp.heads {

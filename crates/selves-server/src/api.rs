@@ -20,6 +20,7 @@ use selves_wire::native::{
     self, DigestResponse, Hello, HelloRequest, Limits, NodeInfo, PROTOCOL, PullRequest,
     PullResponse, PushResponse, RecordBatch,
 };
+use selves_wire::sign::{PROOF_SKEW_MS, PublicKey, Signature, proof_message};
 use selves_wire::{Name, StreamName, Token};
 use tokio::sync::Notify;
 
@@ -141,6 +142,16 @@ impl App {
 #[derive(Debug, Clone)]
 pub(crate) struct Caller(pub Name);
 
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RemoteAddr(pub std::net::SocketAddr);
+
+fn remote_addr(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<RemoteAddr>()
+        .map(|a| a.0.ip().to_string())
+}
+
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(native::path::HELLO, post(hello))
@@ -186,7 +197,11 @@ fn bearer(headers: &HeaderMap) -> Result<Token, ApiError> {
 }
 
 /// The peer a request's bearer token was minted for, or why not.
-pub(crate) async fn authorize(app: &Arc<App>, headers: &HeaderMap) -> Result<Name, ApiError> {
+pub(crate) async fn authorize(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    addr: Option<String>,
+) -> Result<Name, ApiError> {
     let token = bearer(headers)?;
     let store = app.store.clone();
     let outcome = blocking(move || Ok(store.authenticate(&token, now_ms())?)).await?;
@@ -204,8 +219,71 @@ pub(crate) async fn authorize(app: &Arc<App>, headers: &HeaderMap) -> Result<Nam
             )));
         }
     };
-    note_seen(app, &peer).await;
+    note_seen(app, &peer, addr).await;
     Ok(peer)
+}
+
+/// [`authorize`] for the memex endpoints: a memex peer has no key, so only
+/// a token no selves node has bound is good there (and is then a memex
+/// peer's for good).
+pub(crate) async fn authorize_memex(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    addr: Option<String>,
+) -> Result<Name, ApiError> {
+    let peer = authorize(app, headers, addr).await?;
+    let store = app.store.clone();
+    let p = peer.clone();
+    if !blocking(move || Ok(store.claim_memex_token(&p, now_ms())?)).await? {
+        return Err(ApiError::Unauthorized(format!(
+            "the token of {peer} belongs to a selves node, not a memex peer"
+        )));
+    }
+    Ok(peer)
+}
+
+/// Checks the caller's proof that it holds the key its token is bound to
+/// (the `selves-proof` header: `<at_ms>.<signature hex>`).
+async fn check_proof(app: &Arc<App>, peer: &Name, headers: &HeaderMap) -> Result<(), ApiError> {
+    let store = app.store.clone();
+    let p = peer.clone();
+    let Some((node, key)) = blocking(move || Ok(store.token_binding(&p)?)).await? else {
+        return Err(ApiError::Unauthorized(format!(
+            "the token of {peer} is not bound to a node yet: start with a hello"
+        )));
+    };
+    let proof = headers
+        .get(native::PROOF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("missing proof of the node's key (selves-proof)".into())
+        })?;
+    let (at, sig) = proof
+        .split_once('.')
+        .and_then(|(at, sig)| Some((at.parse::<i64>().ok()?, sig.parse::<Signature>().ok()?)))
+        .ok_or_else(|| ApiError::Unauthorized("malformed selves-proof header".into()))?;
+    check_signed_proof(app, &node, &key, at, &sig)
+}
+
+fn check_signed_proof(
+    app: &Arc<App>,
+    node: &selves_wire::NodeId,
+    key: &PublicKey,
+    at: i64,
+    sig: &Signature,
+) -> Result<(), ApiError> {
+    if (now_ms() - at).abs() > PROOF_SKEW_MS {
+        return Err(ApiError::Unauthorized(
+            "the proof of the node's key is too old (or the clocks differ by over 10 minutes)"
+                .into(),
+        ));
+    }
+    if !key.verifies(&proof_message(&app.store.me().id, node, at), sig) {
+        return Err(ApiError::Unauthorized(format!(
+            "the caller does not hold the key of node {node}, to which this token is bound"
+        )));
+    }
+    Ok(())
 }
 
 /// Answers 429 with the wait when `peer` is over `limiter`'s rate.
@@ -227,13 +305,19 @@ async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let peer = authorize(&app, req.headers()).await?;
+    let addr = remote_addr(&req);
+    let peer = authorize(&app, req.headers(), addr).await?;
     limit(&app.limiter, &peer)?;
+    // Hello proves the key itself (and binds the token); every other
+    // request carries a proof for the key the token is bound to.
+    if req.uri().path() != native::path::HELLO {
+        check_proof(&app, &peer, req.headers()).await?;
+    }
     req.extensions_mut().insert(Caller(peer));
     Ok(next.run(req).await)
 }
 
-async fn note_seen(app: &Arc<App>, peer: &Name) {
+async fn note_seen(app: &Arc<App>, peer: &Name, addr: Option<String>) {
     let due = {
         let mut seen = app.seen.lock().unwrap_or_else(|p| p.into_inner());
         let last = seen.get(peer.as_str());
@@ -247,7 +331,7 @@ async fn note_seen(app: &Arc<App>, peer: &Name) {
         let store = app.store.clone();
         let peer = peer.clone();
         // Best effort: a status timestamp is not worth failing a request.
-        let _ = blocking(move || Ok(store.touch_token(&peer, now_ms())?)).await;
+        let _ = blocking(move || Ok(store.touch_token(&peer, addr.as_deref(), now_ms())?)).await;
     }
 }
 
@@ -310,22 +394,67 @@ fn json_bytes(bytes: Vec<u8>) -> Response {
 async fn hello(
     State(app): State<Arc<App>>,
     Extension(Caller(you)): Extension<Caller>,
+    addr: Option<Extension<RemoteAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Hello>, ApiError> {
     let bytes = read_body(&headers, body, app.limits.max_body_bytes).await?;
-    let req: HelloRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed hello: {e}")))?;
-    // A caller of another major version gets our hello all the same: it
-    // is the caller that refuses, with an upgrade message.
+    let req: HelloRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed hello (a selves older than protocol 2 speaks without a key: upgrade it): {e}"
+        ))
+    })?;
+    if req.protocol.major != PROTOCOL.major {
+        return Err(ApiError::Conflict {
+            code: "protocol_mismatch",
+            detail: format!(
+                "this node speaks protocol {}, the caller {}: upgrade the older one",
+                PROTOCOL.major, req.protocol.major
+            ),
+        });
+    }
+    if req.to != app.store.me().id {
+        return Err(ApiError::Conflict {
+            code: "wrong_server",
+            detail: app.store.me().id.to_string(),
+        });
+    }
+    // The caller proves it holds the key its id derives from (or is bound
+    // to), for this server and about now.
+    check_signed_proof(&app, &req.node.id, &req.key, req.at, &req.proof)?;
     let a = app.clone();
     let caller = you.clone();
-    let (heads, nodes, streams) = blocking(move || {
+    let addr = addr.map(|a| a.0.0.ip().to_string());
+    let (heads, nodes, streams, abandoned) = blocking(move || {
         let store = &a.store;
-        if req.node.id != store.me().id {
-            store.learn_nodes(std::slice::from_ref(&req.node))?;
-            store.note_caller(&caller, &req.node.id)?;
+        if req.node.id == store.me().id {
+            return Err(ApiError::Conflict {
+                code: "same_node",
+                detail: "the caller is this node itself (same node id)".into(),
+            });
         }
+        if !store.bind_node_key(&req.node.id, None, &req.key)? {
+            return Err(ApiError::Unauthorized(format!(
+                "node {} is bound to another key here: the caller is not that node",
+                req.node.id
+            )));
+        }
+        match store.claim_token(&caller, &req.node.id, &req.key, addr.as_deref(), now_ms())? {
+            selves_store::Claim::Bound => {}
+            selves_store::Claim::Taken(by) => {
+                tracing::warn!(peer = %caller, node = %req.node.id, ?addr, "token bound to another node; refused");
+                return Err(ApiError::Unauthorized(format!(
+                    "the token of {caller} is bound to node {by}; a token works for one node only (ask for a new invite)"
+                )));
+            }
+            selves_store::Claim::Expired => {
+                return Err(ApiError::Unauthorized(format!(
+                    "the invite for {caller} expired before it was used"
+                )));
+            }
+        }
+        store.learn_nodes(std::slice::from_ref(&req.node))?;
+        store.take_abandoned(&req.abandoned, now_ms())?;
         // A peer about to pull sees what changed in the folders.
         crate::shares::scan_for_peer(&a.engine, store, &a.scans)?;
         let carried = store.streams()?;
@@ -343,7 +472,7 @@ async fn hello(
                 .filter(|s| s.mode.receives())
                 .map(|s| s.stream),
         );
-        Ok((heads, store.known_nodes()?, accepts))
+        Ok((heads, store.known_nodes()?, accepts, store.abandoned()?))
     })
     .await?;
     let me = app.store.me();
@@ -354,12 +483,14 @@ async fn hello(
             id: me.id.clone(),
             name: me.name.clone(),
         },
+        key: app.store.public_key(),
         you,
         streams,
         heads,
         nodes,
         limits: app.limits,
         server_now_ms: now_ms(),
+        abandoned,
     }))
 }
 
@@ -428,7 +559,7 @@ async fn push(
         let (memory, shared): (Vec<_>, Vec<_>) =
             batches.into_iter().partition(|b| !b.stream.is_share());
         // The answer acknowledges these records: they must be on disk first.
-        let summary = store.apply(memory, selves_store::Durability::Full);
+        let summary = store.apply(memory, selves_store::Durability::Full, now_ms());
         let shared = summary
             .as_ref()
             .ok()
@@ -444,6 +575,15 @@ async fn push(
     app.changes.poke();
     if summary.changed_rows > 0 {
         app.index_kick.notify_one();
+    }
+    let mut refused = summary.refused.clone();
+    refused.extend(shared.refused.iter().cloned());
+    if !refused.is_empty() {
+        tracing::warn!(%peer, refused = refused.len(), first = %refused[0].reason, "push batches refused");
+        let store = app.store.clone();
+        let p = peer.to_string();
+        let r = refused.clone();
+        blocking(move || Ok(store.note_refusals(&p, &r, now_ms())?)).await?;
     }
     tracing::info!(
         %peer,
@@ -461,6 +601,15 @@ async fn push(
         accepted: summary.accepted + shared.accepted,
         duplicates: summary.duplicates + shared.duplicates,
         voided,
+        refused: refused
+            .into_iter()
+            .map(|r| native::Voided {
+                node: r.node,
+                stream: r.stream,
+                seq: r.seq,
+                reason: format!("{}: {}", r.kind.as_str(), r.reason),
+            })
+            .collect(),
         heads,
     }))
 }

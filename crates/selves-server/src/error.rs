@@ -51,10 +51,6 @@ impl From<StoreError> for ApiError {
                 code: "gap",
                 detail: e.to_string(),
             },
-            StoreError::IdentityClash { .. } => ApiError::Conflict {
-                code: "identity_clash",
-                detail: e.to_string(),
-            },
             StoreError::UnknownStream(_) => ApiError::BadRequest(e.to_string()),
             _ if e.is_retryable() => ApiError::Busy,
             _ => {

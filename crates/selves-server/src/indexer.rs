@@ -55,5 +55,14 @@ pub(crate) async fn run(store: Arc<Store>, kick: Arc<Notify>, mut stop: watch::R
                 return;
             }
         }
+        // A restored hub that got its own records back from a spoke writes
+        // again, once the pushes pause, what it wrote after the restore.
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.reissue_pending(crate::api::now_ms())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(records = n, "wrote own records again after a restore"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "writing own records again failed"),
+            Err(_) => {}
+        }
     }
 }

@@ -174,6 +174,11 @@ pub async fn run(
                             return;
                         }
                     };
+                    // Handlers see where a request came from (token use, refused claims).
+                    let service = tower::ServiceExt::map_request(service, move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(api::RemoteAddr(addr));
+                        req
+                    });
                     let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(%addr, error = %e, "connection ended with an error");

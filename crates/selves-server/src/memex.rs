@@ -19,7 +19,7 @@ use selves_wire::memex::{
     PushResponse, RawPush, Refused, SCHEMA_VERSION,
 };
 
-use crate::api::{App, authorize, blocking, limit, now_ms, read_body};
+use crate::api::{App, authorize_memex, blocking, limit, now_ms, read_body};
 use crate::error::ApiError;
 
 /// A pull answer is cut short past about this many bytes of rows (the
@@ -74,7 +74,7 @@ async fn health(
     let detailed = match headers.get(header::AUTHORIZATION) {
         None => false,
         Some(_) => {
-            authorize(&app, &headers).await?;
+            authorize_memex(&app, &headers, None).await?;
             true
         }
     };
@@ -102,7 +102,7 @@ async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PushResponse>, ApiError> {
-    let peer = authorize(&app, &headers).await?;
+    let peer = authorize_memex(&app, &headers, None).await?;
     limit(&app.memex_pushes, &peer)?;
     check_schema(query_param(&query, "schema_version"))?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
@@ -182,7 +182,7 @@ async fn pull(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let peer = authorize(&app, &headers).await?;
+    let peer = authorize_memex(&app, &headers, None).await?;
     limit(&app.memex_pulls, &peer)?;
     check_schema(query_param(&query, "schema_version"))?;
     let since =

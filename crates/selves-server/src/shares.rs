@@ -107,6 +107,7 @@ pub(crate) struct Applied {
     pub accepted: u64,
     pub duplicates: u64,
     pub voided: Vec<Voided>,
+    pub refused: Vec<selves_store::Refusal>,
     pub heads: Vec<Head>,
 }
 
@@ -138,6 +139,7 @@ pub(crate) fn apply_pushed(
         };
         out.accepted += commit.accepted;
         out.duplicates += commit.duplicates;
+        out.refused.extend(commit.refused);
         out.voided
             .extend(commit.voided.into_iter().map(|(seq, reason)| Voided {
                 node: node.clone(),
@@ -146,7 +148,13 @@ pub(crate) fn apply_pushed(
                 reason,
             }));
         let seq = store.head(&node, &stream)?;
-        out.heads.push(Head { node, stream, seq });
+        let chain = store.chain_of(&node, &stream, seq)?;
+        out.heads.push(Head {
+            node,
+            stream,
+            seq,
+            chain,
+        });
     }
     Ok(out)
 }

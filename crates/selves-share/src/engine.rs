@@ -615,7 +615,7 @@ impl Engine {
     pub fn apply(
         &self,
         share: &Share,
-        batch: RecordBatch,
+        mut batch: RecordBatch,
         now: Millis,
     ) -> Result<ShareCommit, ShareError> {
         if !share.mode.receives() {
@@ -633,11 +633,26 @@ impl Engine {
                 remove_temps(&walked.temps);
             }
         }
-        let head = if batch.node == self.store.me().id {
-            u64::MAX
-        } else {
-            self.store.share_head(share, &batch.node)?
+        if batch.records.is_empty() {
+            return Ok(ShareCommit::default());
+        }
+        // Nothing is resolved before the batch is proven its author's.
+        let admitted = match self.store.admit_share(share, &mut batch, now)? {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Ok(ShareCommit {
+                    duplicates: batch.records.len() as u64,
+                    ..ShareCommit::default()
+                });
+            }
+            Err(refusal) => {
+                return Ok(ShareCommit {
+                    refused: vec![refusal],
+                    ..ShareCommit::default()
+                });
+            }
         };
+        let head = admitted.head;
         let origin = self.origin_for(share, &batch.node);
         let mut step = Step {
             engine: self,
@@ -659,7 +674,8 @@ impl Engine {
                 continue;
             }
             received.push(match record {
-                Record::Void(why) => {
+                Record::Omitted(_) | Record::Superseded { .. } => Received::Omitted,
+                Record::Void(why) | Record::Refused { why, .. } => {
                     if !why.is_empty() {
                         step.change.held.push(Held {
                             path: refused_name(&why).unwrap_or_else(|| {
@@ -701,7 +717,7 @@ impl Engine {
         let staged_ms = started.elapsed().as_secs_f64() * 1e3;
         let (mut change, spent) = step.finish()?;
         let written_ms = started.elapsed().as_secs_f64() * 1e3;
-        change.received = Some((batch.node, batch.start, received));
+        change.received = Some((batch.node, batch.start, received, admitted));
         let commit = self.store.commit_share(share, change)?;
         tracing::debug!(
             share = %share.name,
@@ -1054,7 +1070,25 @@ impl Step<'_> {
     }
 
     /// Resolves two concurrent versions; the outcome depends only on them.
+    /// Resolves two concurrent versions (the rules in the module doc).
+    /// The outcome is a new version (the join of the two vectors), of
+    /// which this node is the author: a record of its own carries it, so
+    /// it travels with a signature like any other (docs/protocol.md).
     fn concurrent(
+        &mut self,
+        origin: Option<NodeId>,
+        c: FileEntry,
+        v: FileVersion,
+    ) -> Result<(), ShareError> {
+        let path = v.path.clone();
+        self.resolve(origin.clone(), c, v)?;
+        if self.share.mode.sends() && origin.is_none() {
+            self.change.own.push((None, path));
+        }
+        Ok(())
+    }
+
+    fn resolve(
         &mut self,
         origin: Option<NodeId>,
         c: FileEntry,

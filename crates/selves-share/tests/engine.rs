@@ -31,8 +31,11 @@ fn node_with(n: u8, name: &str, mode: ShareMode, layout: Layout) -> Node {
     let store = Arc::new(
         Store::open(
             &StorePaths::in_dir(&home),
-            &selves_wire::NodeId::from_bytes([n; 16]),
+            &selves_wire::sign::NodeKey::from_seed([n; 32])
+                .public()
+                .node_id(),
             &name.parse().unwrap(),
+            selves_wire::sign::NodeKey::from_seed([n; 32]),
         )
         .unwrap(),
     );
@@ -561,12 +564,12 @@ fn per_origin_layout_keeps_senders_apart() {
     // A send-only share never applies what others send.
     let err = laptop.engine.apply(
         &laptop.share,
-        selves_wire::native::RecordBatch {
-            node: phone.store.me().id.clone(),
-            stream: laptop.share.stream.clone(),
-            start: 1,
-            records: vec![],
-        },
+        selves_wire::native::RecordBatch::new(
+            phone.store.me().id.clone(),
+            laptop.share.stream.clone(),
+            1,
+            vec![],
+        ),
         now(),
     );
     assert!(matches!(err, Err(ShareError::SendOnly { .. })));

@@ -78,19 +78,37 @@ impl Store {
     ) -> Result<(NodeCard, u64)> {
         self.write(|tx| {
             let held = card_of(tx, self.me.idx)?;
-            let mut card = held
-                .clone()
-                .unwrap_or_else(|| NodeCard::new(self.me.id.clone(), self.me.name.clone(), now));
-            edit(&mut card);
-            card.id = self.me.id.clone();
-            card.name = self.me.name.clone();
-            card.updated_at = now.max(held.map_or(i64::MIN, |h| h.updated_at + 1));
-            card.check().map_err(StoreError::BadCard)?;
-            put_card(tx, self.me.idx, &card)?;
-            let mut own = OwnLog::open(tx, self.me.idx, self.streams.nodes)?;
-            let seq = own.append(tx, Some(self.me.idx))?;
-            own.finish(tx)?;
-            Ok((card, seq))
+            self.write_card_in(tx, now, held, edit)
         })
+    }
+
+    /// Writes this node's card within `tx`: `base` (or a blank card)
+    /// changed by `edit`, with this node's id, name and key, stamped past
+    /// `base`.
+    pub(crate) fn write_card_in(
+        &self,
+        tx: &Transaction<'_>,
+        now: i64,
+        base: Option<NodeCard>,
+        edit: impl FnOnce(&mut NodeCard),
+    ) -> Result<(NodeCard, u64)> {
+        let mut card = base
+            .clone()
+            .unwrap_or_else(|| NodeCard::new(self.me.id.clone(), self.me.name.clone(), now));
+        edit(&mut card);
+        card.id = self.me.id.clone();
+        card.name = self.me.name.clone();
+        card.key = Some(self.key.public());
+        card.updated_at = now.max(base.map_or(i64::MIN, |h| h.updated_at + 1));
+        card.check().map_err(StoreError::BadCard)?;
+        put_card(tx, self.me.idx, &card)?;
+        let mut own = OwnLog::open(tx, self, self.streams.nodes)?;
+        let d = selves_wire::sign::record_digest(&selves_wire::native::Record::Node(Box::new(
+            card.clone(),
+        )))
+        .expect("a card has a digest");
+        let seq = own.append(tx, Some(self.me.idx), &d, 512)?;
+        own.finish(tx)?;
+        Ok((card, seq))
     }
 }

@@ -15,6 +15,7 @@
 //! selves lives in this crate.
 
 pub mod cards;
+pub mod chain;
 pub mod log;
 pub mod memex;
 pub mod memory;
@@ -32,13 +33,14 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selves_wire::{Name, NodeId, StreamName};
 
+pub use chain::{Fork, Refusal, RefusalCount, RefusalKind};
 pub use log::{ApplySummary, RangeRead};
 pub use memex::ArrivalPage;
 pub use memory::{CaptureOptions, CaptureSummary};
-pub use peers::{Attempt, AuthOutcome, Protocol, Remote, TokenGrant};
+pub use peers::{Attempt, AuthOutcome, Claim, Protocol, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};
 pub use shares::{
-    FileEntry, Held, Layout, Received, Seen, Share, ShareChange, ShareCommit, ShareMode,
+    Admitted, FileEntry, Held, Layout, Received, Seen, Share, ShareChange, ShareCommit, ShareMode,
 };
 pub use tunnels::Tunnel;
 
@@ -72,14 +74,6 @@ pub enum StoreError {
         have: u64,
         got: u64,
     },
-    #[error(
-        "a peer sent records {stream} up to {got} under this node's own id, but this node only wrote up to {have}: another node is using this node's id (a copied SELVES_HOME?). Give one of them a fresh home with `selves init`"
-    )]
-    IdentityClash {
-        stream: StreamName,
-        have: u64,
-        got: u64,
-    },
     #[error("stream {0} is not carried by this node")]
     UnknownStream(StreamName),
     #[error("the search query is empty: give at least one word")]
@@ -100,6 +94,10 @@ pub enum StoreError {
     NoSuchShare(String),
     #[error("node card refused: {0}")]
     BadCard(String),
+    #[error("the store is damaged: {0}. Run `selves check`")]
+    Integrity(String),
+    #[error("this home's key does not belong to node {0}: was node.key copied from another home?")]
+    WrongKey(NodeId),
 }
 
 impl From<rusqlite::types::FromSqlError> for StoreError {
@@ -177,6 +175,8 @@ pub(crate) struct Streams {
 pub struct Store {
     paths: StorePaths,
     me: Me,
+    /// This node's signing key.
+    key: selves_wire::sign::NodeKey,
     streams: Streams,
     /// Identifies this database, so a search index made for another one is
     /// never trusted.
@@ -191,9 +191,15 @@ pub struct Store {
 const MAX_IDLE_READERS: usize = 4;
 
 impl Store {
-    /// Opens (creating if needed) the store of node `id` named `name`.
-    /// Refuses a database that belongs to another node.
-    pub fn open(paths: &StorePaths, id: &NodeId, name: &Name) -> Result<Store> {
+    /// Opens (creating if needed) the store of node `id` named `name`,
+    /// whose key is `key`. Refuses a database that belongs to another node,
+    /// and a key that cannot speak for `id`.
+    pub fn open(
+        paths: &StorePaths,
+        id: &NodeId,
+        name: &Name,
+        key: selves_wire::sign::NodeKey,
+    ) -> Result<Store> {
         create_private(&paths.db)?;
         let mut writer = open_conn(&paths.db)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
@@ -239,8 +245,20 @@ impl Store {
             }
         }
         let idx = log::node_index(&tx, id, Some(name.as_str()))?;
+        if !chain::bind_key(&tx, idx, id, &key.public())? {
+            return Err(StoreError::WrongKey(id.clone()));
+        }
         let memory = log::stream_index(&tx, &StreamName::memory())?;
         let nodes = log::stream_index(&tx, &StreamName::nodes())?;
+        let chained: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = 'chained'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if chained.is_none() {
+            chain::backfill(&tx, &key, idx)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('chained', '1')", [])?;
+        }
         let instance: String =
             tx.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
                 r.get(0)
@@ -256,6 +274,7 @@ impl Store {
                 idx,
             },
             streams: Streams { memory, nodes },
+            key,
             instance,
             writer: Mutex::new(Writer {
                 conn: writer,
@@ -433,7 +452,12 @@ impl Store {
         }
         let orphans: i64 = r.query_row(
             "SELECT COUNT(*) FROM messages m WHERE m.key IS NOT NULL
-             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.stream = ?1 AND r.target = m.id)",
+             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.stream = ?1 AND r.target = m.id)
+             -- Rows whose records were withdrawn by their author and are
+             -- to be written again (here, or by that author) are waiting,
+             -- not orphaned.
+             AND NOT EXISTS (SELECT 1 FROM reissue q WHERE q.stream = ?1 AND q.target = m.id)
+             AND NOT EXISTS (SELECT 1 FROM abandoned a WHERE a.node = m.author)",
             [self.streams.memory],
             |row| row.get(0),
         )?;

@@ -133,8 +133,8 @@ pub(crate) struct Materialiser<'t, 'c> {
 }
 
 const INSERT_MESSAGE: &str = "INSERT INTO messages (key, conv, arrival, hash, msg_id, uuid, role,
-        sender, ts, edited_at, channel, origin, metadata, text, via)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+        sender, ts, edited_at, channel, origin, metadata, text, via, author)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
      ON CONFLICT DO NOTHING";
 
 /// Fills in what a row must have before it is hashed: a uuid derived from
@@ -163,22 +163,56 @@ impl<'t, 'c> Materialiser<'t, 'c> {
         })
     }
 
-    /// Writes one (normalised, validated) row version.
-    pub(crate) fn put(&mut self, row: &Row) -> Result<Written> {
+    /// Writes one (normalised, validated) row version, written by the
+    /// node of local index `author` (the log whose record carries it;
+    /// `None` when unknown: carried from before signing).
+    pub(crate) fn put(&mut self, row: &Row, author: Option<i64>) -> Result<Written> {
         let key = row.key();
         let (conv, conversation_changed) = self.contribute(row, key.is_some())?;
-        let outcome = self.put_message(row, key, conv)?;
+        let outcome = self.put_message(row, key, conv, author)?;
         Ok(Written {
             outcome,
             conversation_changed,
         })
     }
 
-    fn put_message(&mut self, row: &Row, key: Option<RowKey>, conv: i64) -> Result<Outcome> {
+    /// Joins a conversation view that travelled without its row (a
+    /// superseded record's). Returns whether the conversation changed.
+    pub(crate) fn join_conversation(
+        &mut self,
+        source: String,
+        conversation_id: String,
+        meta: ConversationMeta,
+    ) -> Result<bool> {
+        let carrier = Row {
+            source,
+            conversation_id,
+            msg_id: None,
+            uuid: None,
+            role: String::new(),
+            sender: None,
+            text: String::new(),
+            ts: meta.first_ts.unwrap_or(0),
+            edited_at: None,
+            channel: None,
+            metadata: None,
+            origin: None,
+            conversation: Some(meta),
+        };
+        Ok(self.contribute(&carrier, true)?.1)
+    }
+
+    fn put_message(
+        &mut self,
+        row: &Row,
+        key: Option<RowKey>,
+        conv: i64,
+        author: Option<i64>,
+    ) -> Result<Outcome> {
         let hash = row.version_hash();
         // Most rows are new: try the insert first, which probes the unique
         // indexes once, and look at what is held only on a conflict.
-        if let Some(id) = self.try_insert(key, conv, hash, row)? {
+        if let Some(id) = self.try_insert(key, conv, hash, row, author)? {
             return Ok(Outcome::Inserted(id));
         }
         let Some(key) = key else {
@@ -216,7 +250,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             .prepare_cached(
                 "UPDATE messages SET conv = ?2, arrival = ?3, hash = ?4, msg_id = ?5, uuid = ?6,
                     role = ?7, sender = ?8, ts = ?9, edited_at = ?10, channel = ?11,
-                    origin = ?12, metadata = ?13, text = ?14, via = ?15
+                    origin = ?12, metadata = ?13, text = ?14, via = ?15, author = ?16
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -235,6 +269,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
                 row.metadata,
                 row.text,
                 self.via,
+                author,
             ])?;
         Ok(Outcome::Updated(id))
     }
@@ -247,6 +282,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
         conv: i64,
         hash: VersionHash,
         row: &Row,
+        author: Option<i64>,
     ) -> Result<Option<i64>> {
         let arrival = self.next_arrival;
         let inserted = self.insert.execute(params![
@@ -265,6 +301,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             row.metadata,
             row.text,
             self.via,
+            author,
         ])?;
         if inserted == 0 {
             return Ok(None);
@@ -444,7 +481,7 @@ impl Store {
     pub fn capture(&self, rows: Vec<Row>, opts: &CaptureOptions) -> Result<CaptureSummary> {
         let mut summary = CaptureSummary::default();
         self.write_memory(crate::Durability::Full, |tx, convs| {
-            let mut own = crate::log::OwnLog::open(tx, self.me.idx, self.streams.memory)?;
+            let mut own = crate::log::OwnLog::open(tx, self, self.streams.memory)?;
             let mut mat = Materialiser::new(tx, convs, opts.via.clone())?;
             for (i, mut row) in rows.into_iter().enumerate() {
                 if row.origin.is_none() {
@@ -456,7 +493,9 @@ impl Store {
                     continue;
                 }
                 let synced = row.msg_id.is_some();
-                let written = mat.put(&row)?;
+                // This node vouches for what it captures, from a memex
+                // peer too: the record is in its log, signed by it.
+                let written = mat.put(&row, Some(self.me.idx))?;
                 match written.outcome {
                     _ if !synced => summary.local_only += 1,
                     Outcome::Inserted(_) => summary.inserted += 1,
@@ -469,7 +508,17 @@ impl Store {
                 }
                 // Every change a peer would see travels as a record.
                 if synced && written.changed() {
-                    own.append(tx, Some(written.outcome.id()))?;
+                    let id = written.outcome.id();
+                    // The record carries the version held now: this one,
+                    // or a newer one it lost to (then it still moved the
+                    // conversation, which travels with the row).
+                    let hash = selves_wire::VersionHash(
+                        tx.prepare_cached("SELECT hash FROM messages WHERE id = ?1")?
+                            .query_row([id], |r| r.get::<_, Vec<u8>>(0))
+                            .map(crate::unhex_blob::<32>)?,
+                    );
+                    let d = selves_wire::sign::row_digest(&hash);
+                    own.append(tx, Some(id), &d, row.text.len() + 400)?;
                 }
             }
             mat.flush()?;

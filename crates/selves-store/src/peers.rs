@@ -19,8 +19,15 @@ pub struct TokenGrant {
     pub last_seen_at: Option<Millis>,
     pub invite_host: Option<String>,
     pub invite_port: Option<u16>,
-    /// The node that uses the token, as its last hello said.
+    /// The node the token is bound to: the first to prove its key with it.
     pub node_id: Option<NodeId>,
+    /// Whether the token is bound to that node's key (a token claimed
+    /// before keys existed is bound at its next hello).
+    pub bound: bool,
+    /// The address the token was last used from.
+    pub last_addr: Option<String>,
+    /// Nodes refused because the token is bound to another: (node, address, when).
+    pub refused: Vec<(String, Option<String>, Millis)>,
 }
 
 impl TokenGrant {
@@ -45,6 +52,17 @@ pub enum AuthOutcome {
     Revoked(String),
     /// An invite that was never used in time.
     Expired(String),
+}
+
+/// What claiming a token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The token is (now) bound to the caller.
+    Bound,
+    /// Another node holds it (its id, or who).
+    Taken(String),
+    /// An invite that was never claimed in time.
+    Expired,
 }
 
 /// What a remote speaks.
@@ -151,6 +169,7 @@ impl Store {
                  ON CONFLICT (peer) DO UPDATE SET digest = excluded.digest,
                     created_at = excluded.created_at, claim_by = excluded.claim_by,
                     claimed_at = NULL, revoked_at = NULL, last_seen_at = NULL,
+                    node_id = NULL, node_key = NULL, last_addr = NULL,
                     invite_host = excluded.invite_host, invite_port = excluded.invite_port",
                 params![
                     peer.as_str(),
@@ -161,13 +180,14 @@ impl Store {
                     port
                 ],
             )?;
+            tx.execute("DELETE FROM token_claims WHERE peer = ?1", [peer.as_str()])?;
             Ok(())
         })
     }
 
-    /// Checks a presented token against every grant in constant time. The
-    /// first use of an invited token claims it (and only before its
-    /// deadline).
+    /// Checks a presented token against every grant in constant time. An
+    /// invited token that was never claimed is worth nothing past its
+    /// deadline, in any form; claiming is [`Store::claim_token`]'s.
     pub fn authenticate(&self, token: &Token, now: Millis) -> Result<AuthOutcome> {
         let digest = token.digest();
         let matched = {
@@ -191,18 +211,8 @@ impl Store {
         if revoked_at.is_some() {
             return Ok(AuthOutcome::Revoked(peer));
         }
-        match claim_by {
-            Some(by) if now > by => return Ok(AuthOutcome::Expired(peer)),
-            Some(_) => {
-                self.write(|tx| {
-                    tx.execute(
-                        "UPDATE tokens SET claim_by = NULL, claimed_at = ?2 WHERE peer = ?1",
-                        params![peer, now],
-                    )?;
-                    Ok(())
-                })?;
-            }
-            None => {}
+        if claim_by.is_some_and(|by| now > by) {
+            return Ok(AuthOutcome::Expired(peer));
         }
         match peer.parse() {
             Ok(name) => Ok(AuthOutcome::Ok(name)),
@@ -210,32 +220,118 @@ impl Store {
         }
     }
 
-    /// Notes that `peer` was seen now.
-    pub fn touch_token(&self, peer: &Name, now: Millis) -> Result<()> {
+    /// Notes that `peer` was seen now, from `addr`.
+    pub fn touch_token(&self, peer: &Name, addr: Option<&str>, now: Millis) -> Result<()> {
         self.write(|tx| {
             tx.execute(
-                "UPDATE tokens SET last_seen_at = ?2 WHERE peer = ?1",
-                params![peer.as_str(), now],
+                "UPDATE tokens SET last_seen_at = ?2, last_addr = COALESCE(?3, last_addr)
+                 WHERE peer = ?1",
+                params![peer.as_str(), now, addr],
             )?;
             Ok(())
         })
     }
 
-    /// Notes which node uses `peer`'s token (a write only when it changed).
-    pub fn note_caller(&self, peer: &Name, node: &NodeId) -> Result<()> {
-        let known = self
-            .token_grants()?
-            .into_iter()
-            .any(|g| g.peer == peer.as_str() && g.node_id.as_ref() == Some(node));
-        if known {
-            return Ok(());
-        }
+    /// The node and key `peer`'s token is bound to, if it is.
+    pub fn token_binding(
+        &self,
+        peer: &Name,
+    ) -> Result<Option<(NodeId, selves_wire::sign::PublicKey)>> {
+        let r = self.reader()?;
+        let found: Option<(Option<String>, Option<Vec<u8>>)> = r
+            .prepare_cached("SELECT node_id, node_key FROM tokens WHERE peer = ?1")?
+            .query_row([peer.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match found {
+            Some((Some(node), Some(key))) if key.len() == 32 => node.parse().ok().map(|n| {
+                (
+                    n,
+                    selves_wire::sign::PublicKey(crate::unhex_blob::<32>(key)),
+                )
+            }),
+            _ => None,
+        })
+    }
+
+    /// Claims `peer`'s token for node `node` with `key` (which the caller
+    /// proved it holds). The first claim binds the token for good: a
+    /// second node presenting it is refused and noted with its address.
+    /// An invite not claimed before its deadline can no longer be.
+    pub fn claim_token(
+        &self,
+        peer: &Name,
+        node: &NodeId,
+        key: &selves_wire::sign::PublicKey,
+        addr: Option<&str>,
+        now: Millis,
+    ) -> Result<Claim> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE tokens SET node_id = ?2 WHERE peer = ?1",
-                params![peer.as_str(), node.as_str()],
+            let (claim_by, bound_node, bound_key, memex): (
+                Option<Millis>,
+                Option<String>,
+                Option<Vec<u8>>,
+                bool,
+            ) = tx.query_row(
+                "SELECT claim_by, node_id, node_key,
+                        node_key IS NULL AND claimed_at IS NOT NULL AND node_id = 'memex'
+                 FROM tokens WHERE peer = ?1",
+                [peer.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?;
-            Ok(())
+            let refuse = |reason: &str| -> Result<()> {
+                tx.execute(
+                    "INSERT INTO token_claims (peer, node_id, addr, at, reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (peer, node_id) DO UPDATE SET addr = excluded.addr,
+                        at = excluded.at, reason = excluded.reason",
+                    params![peer.as_str(), node.as_str(), addr, now, reason],
+                )?;
+                Ok(())
+            };
+            if let Some(bound) = bound_key {
+                if bound[..] == key.0[..] && bound_node.as_deref() == Some(node.as_str()) {
+                    return Ok(Claim::Bound);
+                }
+                refuse("the token is bound to another node")?;
+                return Ok(Claim::Taken(bound_node.unwrap_or_default()));
+            }
+            if memex {
+                refuse("the token belongs to a memex peer")?;
+                return Ok(Claim::Taken("a memex peer".into()));
+            }
+            if claim_by.is_some_and(|by| now > by) {
+                refuse("the invite expired before it was used")?;
+                return Ok(Claim::Expired);
+            }
+            // A token claimed before keys existed was used by the node its
+            // hellos named: only that node may bind it now.
+            if let Some(noted) = bound_node.as_deref()
+                && noted != node.as_str()
+            {
+                refuse("the token is used by another node")?;
+                return Ok(Claim::Taken(noted.to_owned()));
+            }
+            tx.execute(
+                "UPDATE tokens SET claim_by = NULL, claimed_at = COALESCE(claimed_at, ?2),
+                    node_id = ?3, node_key = ?4 WHERE peer = ?1",
+                params![peer.as_str(), now, node.as_str(), &key.0[..]],
+            )?;
+            Ok(Claim::Bound)
+        })
+    }
+
+    /// Claims `peer`'s token for a memex peer (which has no key): only an
+    /// unbound token, and for good.
+    pub fn claim_memex_token(&self, peer: &Name, now: Millis) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE tokens SET claim_by = NULL, claimed_at = COALESCE(claimed_at, ?2),
+                    node_id = 'memex'
+                 WHERE peer = ?1 AND node_key IS NULL AND (node_id IS NULL OR node_id = 'memex'
+                    OR claimed_at IS NULL)",
+                params![peer.as_str(), now],
+            )?;
+            Ok(n > 0)
         })
     }
 
@@ -254,9 +350,11 @@ impl Store {
         let r = self.reader()?;
         let mut stmt = r.prepare(
             "SELECT peer, created_at, claim_by, claimed_at, revoked_at, last_seen_at,
-                    invite_host, invite_port, node_id
+                    invite_host, invite_port, node_id, node_key IS NOT NULL, last_addr
              FROM tokens ORDER BY peer",
         )?;
+        let mut claims =
+            r.prepare("SELECT node_id, addr, at FROM token_claims WHERE peer = ?1 ORDER BY at")?;
         let rows = stmt.query_map([], |r| {
             Ok(TokenGrant {
                 peer: r.get(0)?,
@@ -268,9 +366,18 @@ impl Store {
                 invite_host: r.get(6)?,
                 invite_port: r.get(7)?,
                 node_id: r.get::<_, Option<String>>(8)?.and_then(|n| n.parse().ok()),
+                bound: r.get(9)?,
+                last_addr: r.get(10)?,
+                refused: Vec::new(),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut grants: Vec<TokenGrant> = rows.collect::<rusqlite::Result<_>>()?;
+        for g in &mut grants {
+            g.refused = claims
+                .query_map([&g.peer], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(grants)
     }
 
     /// Adds a remote; `replace` overwrites one of the same alias.

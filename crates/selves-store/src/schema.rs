@@ -228,6 +228,67 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN node_id TEXT;
     "#,
+    // 8: signed logs (selves_wire::sign, crate::chain). Each record keeps
+    // its content digest, the chain through it and, where its author
+    // signed there, the signature; heads note how far a log was carried
+    // from before signing (filled in at the first open, which also chains
+    // the records held). A node's bound key; who wrote each message's
+    // current version. Forks found, batches refused per peer, branches
+    // withdrawn by their authors, own content to write again after a
+    // restore. Tokens bound to the key of the node that claimed them, and
+    // the callers refused because another node holds the token.
+    r#"
+    ALTER TABLE records ADD COLUMN digest BLOB;
+    ALTER TABLE records ADD COLUMN chain BLOB;
+    ALTER TABLE records ADD COLUMN sig BLOB;
+    ALTER TABLE heads ADD COLUMN legacy INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN key BLOB;
+    ALTER TABLE messages ADD COLUMN author INTEGER;
+    CREATE TABLE forks (
+        node        INTEGER NOT NULL,
+        stream      INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        ours        BLOB NOT NULL,
+        theirs      BLOB NOT NULL,
+        peer        TEXT NOT NULL,
+        seen_at     INTEGER NOT NULL,
+        resolved_at INTEGER,
+        PRIMARY KEY (node, stream, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE refusals (
+        peer        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        last_at     INTEGER NOT NULL,
+        last_reason TEXT NOT NULL,
+        node        TEXT NOT NULL,
+        PRIMARY KEY (peer, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE abandoned (
+        node   INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        seq    INTEGER NOT NULL,
+        chain  BLOB NOT NULL,
+        key    BLOB NOT NULL,
+        sig    BLOB NOT NULL,
+        UNIQUE (node, stream, seq, chain)
+    );
+    CREATE TABLE reissue (
+        stream INTEGER NOT NULL,
+        target INTEGER NOT NULL,
+        PRIMARY KEY (stream, target)
+    ) WITHOUT ROWID;
+    ALTER TABLE tokens ADD COLUMN node_key BLOB;
+    ALTER TABLE tokens ADD COLUMN last_addr TEXT;
+    CREATE TABLE token_claims (
+        peer    TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        addr    TEXT,
+        at      INTEGER NOT NULL,
+        reason  TEXT NOT NULL,
+        PRIMARY KEY (peer, node_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -31,6 +31,11 @@ pub struct Hit {
     pub snippet: String,
     /// FTS5 bm25 rank: lower is better.
     pub rank: f64,
+    /// The name of the node whose signed record wrote this version (its
+    /// `origin` captured it; an edit or a memex row vouched for by a
+    /// node differs). Absent for rows carried from before signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 fn open_search(store: &Store) -> Result<Connection> {
@@ -161,7 +166,9 @@ impl Store {
         self.catch_up_index(|_| {})?;
         let r = self.reader()?;
         let mut stmt = r.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS}, fts.rank FROM search.fts AS fts
+            "SELECT {ROW_COLUMNS}, fts.rank,
+                (SELECT COALESCE(name, node_id) FROM nodes WHERE id = m.author)
+             FROM search.fts AS fts
              JOIN messages m ON m.id = fts.rowid
              JOIN conversations c ON c.id = m.conv
              WHERE fts MATCH ?1
@@ -172,13 +179,24 @@ impl Store {
         let words: Vec<&str> = q.text.split_whitespace().collect();
         let rows = stmt.query_map(
             params![fts, q.origin, q.source, q.limit.max(1) as i64],
-            |row| Ok((read_row(row, 0)?, row.get::<_, f64>(17)?)),
+            |row| {
+                Ok((
+                    read_row(row, 0)?,
+                    row.get::<_, f64>(17)?,
+                    row.get::<_, Option<String>>(18)?,
+                ))
+            },
         )?;
         let mut hits = Vec::new();
         for row in rows {
-            let (row, rank) = row?;
+            let (row, rank, author) = row?;
             let snippet = snippet(&row.text, &words);
-            hits.push(Hit { row, snippet, rank });
+            hits.push(Hit {
+                row,
+                snippet,
+                rank,
+                author,
+            });
         }
         Ok(hits)
     }

@@ -119,13 +119,26 @@ pub enum Received {
     },
     /// Refused, with the reason.
     Void(String),
+    /// Superseded: its content travels with a newer record.
+    Omitted,
+}
+
+/// A received batch of a share, verified: what to store with its records.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    /// Records up to this seq are already held.
+    pub head: u64,
+    pub(crate) links: Vec<(selves_wire::sign::Digest, selves_wire::sign::Digest)>,
+    pub(crate) sigs: Vec<selves_wire::sign::SeqSig>,
+    pub(crate) legacy: u64,
 }
 
 /// Everything one engine step changes, committed in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct ShareChange {
-    /// Records received from `node`, numbered from `start`.
-    pub received: Option<(NodeId, u64, Vec<Received>)>,
+    /// Records received from `node`, numbered from `start`, with the proof
+    /// [`Store::admit_share`] checked.
+    pub received: Option<(NodeId, u64, Vec<Received>, Admitted)>,
     /// Entries to store as the current version of their path.
     pub entries: Vec<FileEntry>,
     /// Paths whose stored entry is a new version made here: each gets a
@@ -159,6 +172,8 @@ pub struct ShareCommit {
     pub own_records: u64,
     /// Records received that were refused (seq, reason).
     pub voided: Vec<(u64, String)>,
+    /// Batches refused whole (not provably their author's, or a fork).
+    pub refused: Vec<crate::chain::Refusal>,
 }
 
 /// The columns [`read_entry`] reads. The node id comes from a subquery,
@@ -468,14 +483,23 @@ impl Store {
                     seen.map(|s| s.ino as i64),
                 ])?;
             }
-            if let Some((node, start, records)) = &change.received {
-                store_received(tx, self, share, node, *start, records, &mut out)?;
+            if let Some((node, start, records, proof)) = &change.received {
+                store_received(tx, self, share, node, *start, records, proof, &mut out)?;
             }
             if !change.own.is_empty() {
-                let mut own = crate::log::OwnLog::open(tx, self.me.idx, share.stream_idx)?;
+                let mut own = crate::log::OwnLog::open(tx, self, share.stream_idx)?;
+                let mut done = std::collections::HashSet::new();
                 for (origin, path) in &change.own {
+                    if !done.insert((origin, path)) {
+                        continue;
+                    }
                     let id = file_id(tx, share, origin.as_ref(), path)?;
-                    own.append(tx, Some(id))?;
+                    let Some(version) = Store::served_file(tx, id)? else {
+                        continue;
+                    };
+                    let d = selves_wire::sign::record_digest(&version)
+                        .expect("a file version has a digest");
+                    own.append(tx, Some(id), &d, 512)?;
                     out.own_records += 1;
                 }
                 own.finish(tx)?;
@@ -579,8 +603,10 @@ fn upsert_entry(tx: &Transaction<'_>, share: &Share, entry: &FileEntry) -> Resul
     Ok(())
 }
 
-/// Stores records received from `node`, after checking they continue its
-/// log here. Counts them in `out`.
+/// Stores records received from `node`, verified by
+/// [`Store::admit_share`], after checking they still continue its log
+/// here. Counts them in `out`.
+#[allow(clippy::too_many_arguments)]
 fn store_received(
     tx: &Transaction<'_>,
     store: &Store,
@@ -588,24 +614,13 @@ fn store_received(
     node: &NodeId,
     start: u64,
     records: &[Received],
+    proof: &Admitted,
     out: &mut ShareCommit,
 ) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
     let end = start + records.len() as u64 - 1;
-    if node == &store.me.id {
-        let head = crate::log::head_of(tx, store.me.idx, share.stream_idx)?;
-        if end > head {
-            return Err(StoreError::IdentityClash {
-                stream: share.stream.clone(),
-                have: head,
-                got: end,
-            });
-        }
-        out.duplicates += records.len() as u64;
-        return Ok(());
-    }
     let node_idx = node_index(tx, node, None)?;
     let head = crate::log::head_of(tx, node_idx, share.stream_idx)?;
     if start > head + 1 {
@@ -616,6 +631,9 @@ fn store_received(
             got: start,
         });
     }
+    let _ = store;
+    let sigs: std::collections::BTreeMap<u64, &selves_wire::sign::Signature> =
+        proof.sigs.iter().map(|s| (s.seq, &s.sig)).collect();
     for (i, record) in records.iter().enumerate() {
         let seq = start + i as u64;
         if seq <= head {
@@ -630,19 +648,56 @@ fn store_received(
                 out.voided.push((seq, why.clone()));
                 (None, Some(why.as_str()))
             }
+            Received::Omitted => (None, None),
         };
+        let (d, chain) = proof.links.get(i).ok_or_else(|| {
+            StoreError::Integrity(format!("record {seq} of a share batch has no proof"))
+        })?;
         tx.prepare_cached(crate::log::INSERT_RECORD)?
             .execute(params![
                 node_idx,
                 share.stream_idx,
                 seq as i64,
                 target,
-                void
+                void,
+                &d.0[..],
+                &chain.0[..],
+                sigs.get(&seq).map(|s| &s.0[..]),
             ])?;
         out.accepted += 1;
     }
     if end > head {
         crate::log::set_head(tx, node_idx, share.stream_idx, end)?;
+        crate::chain::note_legacy(tx, node_idx, share.stream_idx, proof.legacy)?;
     }
     Ok(())
+}
+
+impl Store {
+    /// Verifies a received batch of `share` before the engine applies it
+    /// (see [`Store::admit`]), committing what that settles (a key bound,
+    /// fork evidence, a withdrawn branch cut). `Err(refusal)` when the
+    /// batch is refused; `Ok(None)` when nothing of it is to be applied.
+    pub fn admit_share(
+        &self,
+        share: &Share,
+        batch: &mut selves_wire::native::RecordBatch,
+        now: Millis,
+    ) -> Result<std::result::Result<Option<Admitted>, crate::chain::Refusal>> {
+        self.write(|tx| {
+            let mut summary = crate::ApplySummary::default();
+            match self.admit(tx, batch, share.stream_idx, now, &mut summary)? {
+                Some(v) => Ok(Ok(Some(Admitted {
+                    head: v.head,
+                    links: v.links,
+                    sigs: v.sigs,
+                    legacy: v.legacy,
+                }))),
+                None => match summary.refused.pop() {
+                    Some(r) => Ok(Err(r)),
+                    None => Ok(Ok(None)),
+                },
+            }
+        })
+    }
 }

@@ -5,6 +5,7 @@
 use proptest::prelude::*;
 use selves_store::{CaptureOptions, Durability, SearchQuery, Store, StoreError, StorePaths};
 use selves_wire::native::{Range, Record, RecordBatch};
+use selves_wire::sign::{self, NodeKey};
 use selves_wire::{ConversationMeta, Row, StreamName};
 
 struct Node {
@@ -12,15 +13,49 @@ struct Node {
     store: Store,
 }
 
+fn key(n: u8) -> NodeKey {
+    NodeKey::from_seed([n; 32])
+}
+
 fn node(n: u8, name: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         &StorePaths::in_dir(dir.path()),
-        &selves_wire::NodeId::from_bytes([n; 16]),
+        &key(n).public().node_id(),
         &name.parse().unwrap(),
+        key(n),
     )
     .unwrap();
     Node { _dir: dir, store }
+}
+
+/// A batch of `records` in `n`'s own log of `stream` from `start`, chained
+/// on what `n` holds before `start` and signed at its end with `signer`
+/// (normally `n`'s own key).
+fn signed(
+    n: &Node,
+    signer: &NodeKey,
+    stream: StreamName,
+    start: u64,
+    records: Vec<Record>,
+) -> RecordBatch {
+    let id = n.store.me().id.clone();
+    let mut chain = if start == 1 {
+        sign::genesis(&id, &stream)
+    } else {
+        n.store.chain_of(&id, &stream, start - 1).unwrap().unwrap()
+    };
+    for (i, r) in records.iter().enumerate() {
+        chain = sign::link(&chain, start + i as u64, &sign::record_digest(r).unwrap());
+    }
+    let end = start + records.len() as u64 - 1;
+    let mut batch = RecordBatch::new(id.clone(), stream.clone(), start, records);
+    batch.key = Some(signer.public());
+    batch.sigs = vec![sign::SeqSig {
+        seq: end,
+        sig: signer.sign(&sign::head_message(&id, &stream, end, &chain)),
+    }];
+    batch
 }
 
 fn row(conv: &str, msg: &str, text: &str) -> Row {
@@ -84,7 +119,7 @@ fn pull(to: &Store, from: &Store, batch: usize) -> u64 {
         }
         let read = from.read_ranges(&ranges, batch, usize::MAX).unwrap();
         moved += to
-            .apply(read.batches, Durability::Deferred)
+            .apply(read.batches, Durability::Deferred, 0)
             .unwrap()
             .accepted;
     }
@@ -280,7 +315,7 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     let batch = read.batches[0].clone();
     let err = b
         .store
-        .apply(vec![batch.clone()], Durability::Full)
+        .apply(vec![batch.clone()], Durability::Full, 0)
         .unwrap_err();
     assert!(
         matches!(
@@ -295,20 +330,14 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
     );
     assert!(b.store.heads().unwrap().is_empty());
 
-    // Records under b's own id that b never wrote: a cloned identity.
-    let err = b
-        .store
-        .apply(
-            vec![RecordBatch {
-                node: b.store.me().id.clone(),
-                stream: StreamName::memory(),
-                start: 1,
-                records: batch.records,
-            }],
-            Durability::Full,
-        )
-        .unwrap_err();
-    assert!(matches!(err, StoreError::IdentityClash { .. }), "{err}");
+    // Records under b's own id signed by a: refused, nothing applied.
+    let mut forged = batch.clone();
+    forged.node = b.store.me().id.clone();
+    forged.start = 1;
+    let summary = b.store.apply(vec![forged], Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1, "{summary:?}");
+    assert_eq!(summary.refused[0].kind, selves_store::RefusalKind::Forged);
+    assert_eq!(summary.accepted, 0);
     assert_eq!(b.store.counts().unwrap().rows, 0);
 }
 
@@ -316,27 +345,26 @@ fn gaps_and_identity_clashes_are_refused_and_change_nothing() {
 fn void_records_hold_their_place() {
     let a = node(1, "a");
     let b = node(2, "b");
-    let summary = b
-        .store
-        .apply(
-            vec![RecordBatch {
-                node: a.store.me().id.clone(),
-                stream: StreamName::memory(),
-                start: 1,
-                records: vec![
-                    Record::Row(Box::new(row("c", "1", "good"))),
-                    Record::Void("bad upstream".into()),
-                    Record::Row(Box::new({
-                        let mut r = row("c", "3", "no source");
-                        r.source.clear();
-                        r
-                    })),
-                    Record::Row(Box::new(row("c", "4", "good too"))),
-                ],
-            }],
-            Durability::Full,
-        )
-        .unwrap();
+    let batch = signed(
+        &a,
+        &key(1),
+        StreamName::memory(),
+        1,
+        vec![
+            Record::Row(Box::new(row("c", "1", "good"))),
+            Record::Refused {
+                why: "bad upstream".into(),
+                d: sign::Digest([7; 32]),
+            },
+            Record::Row(Box::new({
+                let mut r = row("c", "3", "no source");
+                r.source.clear();
+                r
+            })),
+            Record::Row(Box::new(row("c", "4", "good too"))),
+        ],
+    );
+    let summary = b.store.apply(vec![batch], Durability::Full, 0).unwrap();
     assert_eq!(summary.accepted, 4);
     assert_eq!(summary.voided.len(), 2);
     assert_eq!(summary.heads[0].seq, 4);
@@ -378,38 +406,30 @@ fn node_cards_relay_newest_wins_and_forged_cards_are_void() {
     // card held elsewhere is untouched.
     let forged =
         selves_wire::card::NodeCard::new(c.store.me().id.clone(), "c".parse().unwrap(), i64::MAX);
-    let summary = a
-        .store
-        .apply(
-            vec![RecordBatch {
-                node: b.store.me().id.clone(),
-                stream: StreamName::nodes(),
-                start: 1,
-                records: vec![Record::Node(Box::new(forged))],
-            }],
-            Durability::Full,
-        )
-        .unwrap();
+    let batch = signed(
+        &b,
+        &key(2),
+        StreamName::nodes(),
+        1,
+        vec![Record::Node(Box::new(forged))],
+    );
+    let summary = a.store.apply(vec![batch], Durability::Full, 0).unwrap();
     assert_eq!(summary.voided.len(), 1, "{summary:?}");
     assert!(summary.voided[0].reason.contains("another"));
     assert!(a.store.card(&c.store.me().id).unwrap().is_none());
     // A row in the nodes stream, or a card in the memory stream, is void.
-    let summary = a
-        .store
-        .apply(
-            vec![RecordBatch {
-                node: c.store.me().id.clone(),
-                stream: StreamName::memory(),
-                start: 1,
-                records: vec![Record::Node(Box::new(selves_wire::card::NodeCard::new(
-                    c.store.me().id.clone(),
-                    "c".parse().unwrap(),
-                    1,
-                )))],
-            }],
-            Durability::Full,
-        )
-        .unwrap();
+    let batch = signed(
+        &c,
+        &key(3),
+        StreamName::memory(),
+        1,
+        vec![Record::Node(Box::new(selves_wire::card::NodeCard::new(
+            c.store.me().id.clone(),
+            "c".parse().unwrap(),
+            1,
+        )))],
+    );
+    let summary = a.store.apply(vec![batch], Durability::Full, 0).unwrap();
     assert_eq!(summary.voided.len(), 1);
     assert_eq!(a.store.cards().unwrap().len(), 1);
 }
@@ -475,9 +495,9 @@ fn search_accepts_any_text_and_follows_edits() {
 fn search_index_is_rebuilt_when_it_belongs_to_another_database() {
     let dir = tempfile::tempdir().unwrap();
     let paths = StorePaths::in_dir(dir.path());
-    let id = selves_wire::NodeId::from_bytes([1; 16]);
+    let id = key(1).public().node_id();
     {
-        let s = Store::open(&paths, &id, &"a".parse().unwrap()).unwrap();
+        let s = Store::open(&paths, &id, &"a".parse().unwrap(), key(1)).unwrap();
         s.capture(vec![row("c", "1", "apple")], &CaptureOptions::default())
             .unwrap();
         assert_eq!(
@@ -495,7 +515,7 @@ fn search_index_is_rebuilt_when_it_belongs_to_another_database() {
     std::fs::remove_file(&paths.db).unwrap();
     let _ = std::fs::remove_file(dir.path().join("selves.db-wal"));
     let _ = std::fs::remove_file(dir.path().join("selves.db-shm"));
-    let s = Store::open(&paths, &id, &"a".parse().unwrap()).unwrap();
+    let s = Store::open(&paths, &id, &"a".parse().unwrap(), key(1)).unwrap();
     s.capture(vec![row("c", "9", "banana")], &CaptureOptions::default())
         .unwrap();
     let hits = s
@@ -514,18 +534,30 @@ fn a_database_of_another_node_is_refused() {
     let paths = StorePaths::in_dir(dir.path());
     Store::open(
         &paths,
-        &selves_wire::NodeId::from_bytes([1; 16]),
+        &key(1).public().node_id(),
         &"a".parse().unwrap(),
+        key(1),
     )
     .unwrap();
     let err = Store::open(
         &paths,
-        &selves_wire::NodeId::from_bytes([2; 16]),
+        &key(2).public().node_id(),
         &"a".parse().unwrap(),
+        key(2),
     )
     .err()
     .unwrap();
     assert!(matches!(err, StoreError::WrongNode { .. }), "{err}");
+    // A key that cannot speak for the node's id is refused.
+    let err = Store::open(
+        &paths,
+        &key(1).public().node_id(),
+        &"a".parse().unwrap(),
+        key(2),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, StoreError::WrongKey(_)), "{err}");
 }
 
 #[test]
@@ -543,7 +575,8 @@ fn tokens_claim_expire_revoke_and_rotate() {
         a.store.authenticate(&t1, 2_000).unwrap(),
         AuthOutcome::Expired("laptop".into())
     );
-    // Re-inviting an unused grant is allowed; the first use claims it.
+    // Re-inviting an unused grant is allowed; the first hello claims it,
+    // bound to the caller's key.
     let t2 = Token::from_bytes([2; 32]);
     a.store
         .mint_token(&peer, &t2, 5_000, "h", 1, false, 2_000)
@@ -556,6 +589,24 @@ fn tokens_claim_expire_revoke_and_rotate() {
         a.store.authenticate(&t2, 3_000).unwrap(),
         AuthOutcome::Ok(peer.clone())
     );
+    let (b, c) = (key(2).public(), key(3).public());
+    assert_eq!(
+        a.store
+            .claim_token(&peer, &b.node_id(), &b, Some("10.0.0.2"), 3_000)
+            .unwrap(),
+        selves_store::Claim::Bound
+    );
+    // Another node with the same token is refused, and noted.
+    assert!(matches!(
+        a.store
+            .claim_token(&peer, &c.node_id(), &c, Some("10.0.0.3"), 3_500)
+            .unwrap(),
+        selves_store::Claim::Taken(_)
+    ));
+    let grant = &a.store.token_grants().unwrap()[0];
+    assert!(grant.bound);
+    assert_eq!(grant.refused.len(), 1);
+    assert_eq!(grant.refused[0].1.as_deref(), Some("10.0.0.3"));
     // Claimed tokens do not expire.
     assert_eq!(
         a.store.authenticate(&t2, 9_000).unwrap(),
@@ -665,4 +716,232 @@ proptest! {
         assert_converged(&stores);
         prop_assert_eq!(export(&nodes[0].store).len(), written.len());
     }
+}
+
+fn open_at(dir: &std::path::Path, seed: [u8; 32], name: &str) -> Store {
+    let k = NodeKey::from_seed(seed);
+    Store::open(
+        &StorePaths::in_dir(dir),
+        &k.public().node_id(),
+        &name.parse().unwrap(),
+        k,
+    )
+    .unwrap()
+}
+
+fn texts(s: &Store) -> Vec<String> {
+    let mut t: Vec<String> = export(s).into_iter().map(|r| r.text).collect();
+    t.sort();
+    t
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn tampered_or_forged_records_are_refused_and_the_real_ones_still_arrive() {
+    let (a, b, c) = (node(1, "a"), node(2, "b"), node(3, "c"));
+    capture(
+        &a,
+        vec![row("c", "1", "real one"), row("c", "2", "real two")],
+    );
+    pull(&b.store, &a.store, 100);
+    // B relays A's records with one text changed: the signature fails.
+    let ranges = [Range {
+        node: a.store.me().id.clone(),
+        stream: StreamName::memory(),
+        after: 0,
+    }];
+    let mut read = b.store.read_ranges(&ranges, 100, usize::MAX).unwrap();
+    if let Record::Row(r) = &mut read.batches[0].records[1] {
+        r.text = "FORGED: transfer approved".into();
+    }
+    let summary = c.store.apply(read.batches, Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1, "{summary:?}");
+    assert_eq!(summary.refused[0].kind, selves_store::RefusalKind::Forged);
+    assert_eq!(c.store.counts().unwrap().rows, 0);
+    // B writes into A's log with its own key: refused too.
+    let mut forged = row("c", "9", "FORGED");
+    forged.origin = Some("a".into());
+    let batch = signed(
+        &a,
+        &key(2),
+        StreamName::memory(),
+        1,
+        vec![Record::Row(Box::new(forged))],
+    );
+    let summary = c.store.apply(vec![batch], Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1);
+    assert!(
+        summary.refused[0].reason.contains("not the key"),
+        "{summary:?}"
+    );
+    // The real records still arrive, whole.
+    pull(&c.store, &b.store, 1);
+    assert_eq!(texts(&c.store), ["real one", "real two"]);
+    assert_converged(&[&a.store, &b.store, &c.store]);
+    assert!(c.store.check().unwrap().is_empty());
+}
+
+#[test]
+fn an_edit_is_credited_to_the_node_that_wrote_it() {
+    let (a, b) = (node(1, "a"), node(2, "b"));
+    capture(&a, vec![row("c", "1", "original")]);
+    sync(&a.store, &b.store, 10);
+    let mut edit = row("c", "1", "edited on b");
+    edit.edited_at = Some(5);
+    edit.origin = Some("a".into());
+    capture(&b, vec![edit]);
+    sync(&a.store, &b.store, 10);
+    let q = SearchQuery {
+        text: "edited".into(),
+        limit: 5,
+        ..Default::default()
+    };
+    let hit = &a.store.search(&q).unwrap()[0];
+    assert_eq!(hit.row.origin.as_deref(), Some("a"));
+    let author = hit.author.as_deref().unwrap();
+    assert!(
+        author == "b" || author == b.store.me().id.as_str(),
+        "{author}"
+    );
+}
+
+#[test]
+fn a_restored_home_recovers_its_own_log_and_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (home, backup) = (root.path().join("home"), root.path().join("backup"));
+    std::fs::create_dir_all(&home).unwrap();
+    let hub = node(9, "hub");
+    let seed = [4; 32];
+    {
+        let a = open_at(&home, seed, "a");
+        a.capture(vec![row("c", "1", "alpha")], &CaptureOptions::default())
+            .unwrap();
+        sync(&a, &hub.store, 10);
+    }
+    copy_dir(&home, &backup);
+    {
+        let a = open_at(&home, seed, "a");
+        a.capture(vec![row("c", "2", "golf")], &CaptureOptions::default())
+            .unwrap();
+        sync(&a, &hub.store, 10);
+    }
+    std::fs::remove_dir_all(&home).unwrap();
+    copy_dir(&backup, &home);
+    let a = open_at(&home, seed, "a");
+    a.capture(vec![row("c", "3", "hotel")], &CaptureOptions::default())
+        .unwrap();
+    // The restored home pulls its own log from the start (as a round that
+    // sees it diverge does), finds the fork, and recovers.
+    let ranges = [Range {
+        node: a.me().id.clone(),
+        stream: StreamName::memory(),
+        after: 0,
+    }];
+    let read = hub.store.read_ranges(&ranges, 100, usize::MAX).unwrap();
+    let summary = a.apply(read.batches, Durability::Full, 0).unwrap();
+    assert!(summary.refused.is_empty(), "{summary:?}");
+    assert_eq!(a.reissue_pending(0).unwrap(), 1);
+    assert!(a.recovered().unwrap().is_some());
+    assert!(a.clash().unwrap().is_none());
+    sync(&a, &hub.store, 10);
+    assert_eq!(texts(&a), ["alpha", "golf", "hotel"]);
+    assert_converged(&[&a, &hub.store]);
+    assert!(a.check().unwrap().is_empty(), "{:?}", a.check());
+    assert!(hub.store.forks().unwrap().is_empty());
+}
+
+#[test]
+fn a_key_in_two_homes_is_a_fork_until_the_copy_takes_a_new_identity() {
+    let root = tempfile::tempdir().unwrap();
+    let (one, two) = (root.path().join("one"), root.path().join("two"));
+    std::fs::create_dir_all(&one).unwrap();
+    let hub = node(9, "hub");
+    let seed = [5; 32];
+    {
+        let a = open_at(&one, seed, "a");
+        a.capture(
+            vec![row("c", "1", "shared past")],
+            &CaptureOptions::default(),
+        )
+        .unwrap();
+        sync(&a, &hub.store, 10);
+    }
+    copy_dir(&one, &two);
+    let original = open_at(&one, seed, "a");
+    let copy = open_at(&two, seed, "a");
+    original
+        .capture(vec![row("c", "2", "juliet")], &CaptureOptions::default())
+        .unwrap();
+    copy.capture(vec![row("c", "3", "india")], &CaptureOptions::default())
+        .unwrap();
+    pull(&hub.store, &original, 10);
+    // The copy's record 2 is signed with the same key: a fork, refused.
+    let ranges = [Range {
+        node: copy.me().id.clone(),
+        stream: StreamName::memory(),
+        after: 1,
+    }];
+    let read = copy.read_ranges(&ranges, 100, usize::MAX).unwrap();
+    let summary = hub.store.apply(read.batches, Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1);
+    assert_eq!(summary.refused[0].kind, selves_store::RefusalKind::Fork);
+    assert_eq!(hub.store.forks().unwrap().len(), 1);
+    assert_eq!(texts(&hub.store), ["juliet", "shared past"]);
+    // The copy learns of the fork (as its next round would) and takes a
+    // new identity: its branch is withdrawn, its content written again.
+    let read = hub.store.read_ranges(&ranges, 100, usize::MAX).unwrap();
+    let mut batch = read.batches;
+    batch[0].prev = None;
+    let summary = copy.apply(batch.clone(), Durability::Full, 0).unwrap();
+    assert!(summary.refused.is_empty(), "a first own fork is recovered");
+    drop(copy);
+    // A second home writing again is a clash: the copy writes, the
+    // original's next record forks it again.
+    let copy = open_at(&two, seed, "a");
+    copy.reissue_pending(0).unwrap();
+    original
+        .capture(vec![row("c", "4", "kilo")], &CaptureOptions::default())
+        .unwrap();
+    pull(&hub.store, &original, 10);
+    let ranges0 = [Range {
+        node: copy.me().id.clone(),
+        stream: StreamName::memory(),
+        after: 0,
+    }];
+    let read = hub.store.read_ranges(&ranges0, 100, usize::MAX).unwrap();
+    let summary = copy.apply(read.batches, Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1, "{summary:?}");
+    assert!(copy.clash().unwrap().is_some());
+    let new_id = copy
+        .adopt_identity(&NodeKey::from_seed([6; 32]), 0)
+        .unwrap();
+    drop(copy);
+    let copy = open_at(&two, [6; 32], "a");
+    assert_eq!(copy.me().id, new_id);
+    copy.reissue_pending(0).unwrap();
+    hub.store
+        .take_abandoned(&copy.abandoned().unwrap(), 0)
+        .unwrap();
+    sync(&copy, &hub.store, 10);
+    pull(&original, &hub.store, 10);
+    original
+        .take_abandoned(&hub.store.abandoned().unwrap(), 0)
+        .unwrap();
+    for s in [&copy, &hub.store, &original] {
+        assert_eq!(texts(s), ["india", "juliet", "kilo", "shared past"]);
+    }
+    assert!(
+        hub.store.forks().unwrap().is_empty(),
+        "{:?}",
+        hub.store.forks()
+    );
+    assert!(original.clash().unwrap().is_none());
+    assert!(copy.clash().unwrap().is_none());
 }

@@ -37,6 +37,9 @@ pub struct NodeCard {
     /// The latest join self-test marker the node wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marker: Option<String>,
+    /// The node's public key, whose signatures prove what it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::sign::PublicKey>,
 }
 
 impl NodeCard {
@@ -52,6 +55,7 @@ impl NodeCard {
             updated_at,
             last_sync_at: None,
             marker: None,
+            key: None,
         }
     }
 

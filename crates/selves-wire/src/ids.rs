@@ -56,6 +56,12 @@ impl NodeId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// Whether the id was derived from a public key (see
+    /// [`crate::sign::PublicKey::node_id`]) rather than drawn at random by
+    /// a node made before keys.
+    pub fn is_derived(&self) -> bool {
+        self.0.ends_with("5e1f")
+    }
     /// The first eight characters, enough to tell nodes apart in messages.
     pub fn short(&self) -> &str {
         &self.0[..8]

@@ -12,6 +12,7 @@
 //! - [`file`]: share paths ([`file::RelPath`]), version vectors, file versions.
 //! - [`card`]: node cards (stream `nodes`).
 //! - [`memex`]: memex v12 compatibility.
+//! - [`sign`]: node keys, record digests, hash chains and signatures.
 
 pub mod card;
 pub mod file;
@@ -20,6 +21,7 @@ pub mod memex;
 pub mod native;
 pub mod pair;
 pub mod row;
+pub mod sign;
 
 pub use ids::{CertFingerprint, IdError, Name, NodeId, StreamName, Token};
 pub use row::{ConversationMeta, Row, RowError, RowKey, VersionHash};

@@ -9,11 +9,20 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::sign::{Abandon, Digest, PublicKey, SeqSig, Signature};
 use crate::{Name, NodeId, Row, StreamName};
 
 /// The protocol this build speaks. A different `major` refuses to sync.
-/// Minor 1 added the `nodes` stream (node cards) and `/v1/marker`.
-pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+/// 1.1 added the `nodes` stream (node cards) and `/v1/marker`; 2.0 signed
+/// logs (see [`crate::sign`]): batches carry their author's key and
+/// signatures, records their digests when they carry no content, and
+/// callers prove they hold their key.
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 2, minor: 0 };
+
+/// The header that carries a caller's proof of its key on every request
+/// after hello: `<at_ms>.<signature hex>` over
+/// [`crate::sign::proof_message`].
+pub const PROOF_HEADER: &str = "selves-proof";
 
 pub mod path {
     pub const HELLO: &str = "/v1/hello";
@@ -79,6 +88,21 @@ pub struct NodeInfo {
 pub struct HelloRequest {
     pub protocol: ProtocolVersion,
     pub node: NodeInfo,
+    /// The caller's public key: its id derives from it (or, for a node
+    /// made before keys, is bound to it).
+    pub key: PublicKey,
+    /// The server the caller means to talk to; the proof is for it alone.
+    /// A server that is another node answers 409 `wrong_server` with its
+    /// id as the detail.
+    pub to: NodeId,
+    /// When the proof was made (ms, the caller's clock).
+    pub at: i64,
+    /// The caller's signature over [`crate::sign::proof_message`] for this
+    /// server: the token alone is not enough.
+    pub proof: Signature,
+    /// Branches withdrawn by their authors that the caller knows of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned: Vec<Abandon>,
 }
 
 /// The answer to `POST /v1/hello`: who the server is, what it holds, what
@@ -89,6 +113,8 @@ pub struct Hello {
     /// e.g. "selves 0.1.0", for messages only.
     pub software: String,
     pub node: NodeInfo,
+    /// The server's public key.
+    pub key: PublicKey,
     /// The name the server knows the caller by (the peer its token was
     /// minted for).
     pub you: Name,
@@ -99,6 +125,9 @@ pub struct Hello {
     pub nodes: Vec<NodeInfo>,
     pub limits: Limits,
     pub server_now_ms: i64,
+    /// Branches withdrawn by their authors that the server knows of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned: Vec<Abandon>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -106,6 +135,21 @@ pub struct Head {
     pub node: NodeId,
     pub stream: StreamName,
     pub seq: u64,
+    /// The log's chain at `seq` (see [`crate::sign`]): two nodes whose
+    /// heads agree on the seq but not the chain hold two branches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Digest>,
+}
+
+impl Head {
+    pub fn new(node: NodeId, stream: StreamName, seq: u64) -> Head {
+        Head {
+            node,
+            stream,
+            seq,
+            chain: None,
+        }
+    }
 }
 
 /// What the server accepts; the client sizes its batches to these.
@@ -142,13 +186,51 @@ pub struct PullResponse {
     pub more: bool,
 }
 
-/// Contiguous records `start, start+1, …` of one (node, stream).
+/// Contiguous records `start, start+1, …` of one (node, stream), with
+/// the proof that `node` wrote them: its key, and its signatures over the
+/// chain at some seqs of the batch, the last one always among them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordBatch {
     pub node: NodeId,
     pub stream: StreamName,
     pub start: u64,
     pub records: Vec<Record>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PublicKey>,
+    /// The chain before `start`, as the sender holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sigs: Vec<SeqSig>,
+    /// Records up to this seq are carried from before signing existed:
+    /// their digest is [`Digest::LEGACY`] whatever they carry.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub legacy: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RecordBatch {
+    /// A batch of `records` from `start` with no proof attached yet.
+    pub fn new(node: NodeId, stream: StreamName, start: u64, records: Vec<Record>) -> Self {
+        RecordBatch {
+            node,
+            stream,
+            start,
+            records,
+            key: None,
+            prev: None,
+            sigs: Vec::new(),
+            legacy: 0,
+        }
+    }
+
+    /// The seq of the last record (`start - 1` when empty).
+    pub fn end(&self) -> u64 {
+        self.start + self.records.len() as u64 - 1
+    }
 }
 
 /// One record's content. `void` keeps the numbering of a record that was
@@ -163,7 +245,26 @@ pub enum Record {
     File(Box<crate::file::FileVersion>),
     /// A node card (stream `nodes`).
     Node(Box<crate::card::NodeCard>),
+    /// A record carried from before signing that was refused: it holds
+    /// its place and carries nothing.
     Void(String),
+    /// A signed record whose content was refused (an invalid row from a
+    /// buggy peer): its digest keeps the chain whole.
+    Refused { why: String, d: Digest },
+    /// A record whose content is not sent because a newer version of the
+    /// same row, file or card superseded it (and travels with the record
+    /// that wrote it): only its digest, to keep the chain whole.
+    Omitted(Digest),
+    /// A memory record superseded by a newer version of its row: its
+    /// digest, and the row's conversation as it stands now. Conversation
+    /// metadata is a join over every record, so it travels even when the
+    /// row does not (it is not part of what the author signed; docs/protocol.md).
+    Superseded {
+        d: Digest,
+        source: String,
+        conversation_id: String,
+        conversation: crate::ConversationMeta,
+    },
 }
 
 /// A [`RecordBatch`] whose records are not parsed yet, so that one bad
@@ -175,6 +276,14 @@ pub struct RawRecordBatch<'a> {
     pub start: u64,
     #[serde(borrow)]
     pub records: Vec<&'a RawValue>,
+    #[serde(default)]
+    pub key: Option<PublicKey>,
+    #[serde(default)]
+    pub prev: Option<Digest>,
+    #[serde(default)]
+    pub sigs: Vec<SeqSig>,
+    #[serde(default)]
+    pub legacy: u64,
 }
 
 impl RawRecordBatch<'_> {
@@ -229,6 +338,10 @@ pub fn parse_batches(body: &[u8]) -> Result<(Vec<RecordBatch>, bool), serde_json
             stream: b.stream.clone(),
             start: b.start,
             records: b.parse(),
+            key: b.key,
+            prev: b.prev,
+            sigs: b.sigs.clone(),
+            legacy: b.legacy,
         })
         .collect();
     Ok((batches, raw.more))
@@ -250,9 +363,35 @@ fn check_record(record: &mut Record) {
             Err(e) => e,
             Ok(()) => return,
         },
-        Record::Void(_) => return,
+        Record::Superseded {
+            d,
+            source,
+            conversation_id,
+            conversation,
+        } => {
+            let long = |s: &Option<String>| {
+                s.as_ref()
+                    .is_some_and(|s| s.len() > crate::row::MAX_ID_BYTES)
+            };
+            if source.is_empty()
+                || conversation_id.is_empty()
+                || source.len() > crate::row::MAX_ID_BYTES
+                || conversation_id.len() > crate::row::MAX_ID_BYTES
+                || long(&conversation.title)
+                || long(&conversation.project_path)
+                || long(&conversation.parent_conversation_id)
+            {
+                *record = Record::Omitted(*d);
+            }
+            return;
+        }
+        Record::Void(_) | Record::Refused { .. } | Record::Omitted(_) => return,
     };
-    *record = Record::Void(why);
+    // The digest is of what was sent, so the chain stays checkable.
+    *record = match crate::sign::record_digest(record) {
+        Some(d) => Record::Refused { why, d },
+        None => Record::Void(why),
+    };
 }
 
 const LOCAL_ONLY: &str = "row has no msg_id: local-only rows never sync";
@@ -283,6 +422,11 @@ pub struct PushResponse {
     pub duplicates: u64,
     /// Records stored as void because their content was refused.
     pub voided: Vec<Voided>,
+    /// Batches refused whole: not provably written by their node
+    /// (`forged`), or a second signed branch of a log held (`fork`). The
+    /// reason starts with the kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<Voided>,
     /// The server's heads for the pushed (node, stream)s, after the commit.
     pub heads: Vec<Head>,
 }
@@ -317,7 +461,7 @@ pub struct MemoryDigest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A stable code: `unauthorized`, `bad_request`, `payload_too_large`,
-    /// `rate_limited`, `gap`, `identity_clash`, `unknown_stream`,
+    /// `rate_limited`, `gap`, `wrong_server`, `same_node`, `unknown_stream`,
     /// `schema_mismatch`, `internal`.
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,13 +485,10 @@ mod tests {
                 id: node(1),
                 name: "vps".parse().unwrap(),
             },
+            key: crate::sign::NodeKey::from_seed([1; 32]).public(),
             you: "laptop".parse().unwrap(),
             streams: vec![StreamName::memory()],
-            heads: vec![Head {
-                node: node(1),
-                stream: StreamName::memory(),
-                seq: 42,
-            }],
+            heads: vec![Head::new(node(1), StreamName::memory(), 42)],
             nodes: vec![NodeInfo {
                 id: node(1),
                 name: "vps".parse().unwrap(),
@@ -359,8 +500,9 @@ mod tests {
                 max_pull_bytes: 4 << 20,
             },
             server_now_ms: 1716800000000,
+            abandoned: Vec::new(),
         };
-        expect_test::expect![[r#"{"protocol":{"major":1,"minor":1},"software":"selves 0.1.0","node":{"id":"01010101010101010101010101010101","name":"vps"},"you":"laptop","streams":["memory"],"heads":[{"node":"01010101010101010101010101010101","stream":"memory","seq":42}],"nodes":[{"id":"01010101010101010101010101010101","name":"vps"}],"limits":{"max_body_bytes":8388608,"max_push_records":5000,"max_pull_records":5000,"max_pull_bytes":4194304},"server_now_ms":1716800000000}"#]]
+        expect_test::expect![[r#"{"protocol":{"major":2,"minor":0},"software":"selves 0.1.0","node":{"id":"01010101010101010101010101010101","name":"vps"},"key":"8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c","you":"laptop","streams":["memory"],"heads":[{"node":"01010101010101010101010101010101","stream":"memory","seq":42}],"nodes":[{"id":"01010101010101010101010101010101","name":"vps"}],"limits":{"max_body_bytes":8388608,"max_push_records":5000,"max_pull_records":5000,"max_pull_bytes":4194304},"server_now_ms":1716800000000}"#]]
         .assert_eq(&serde_json::to_string(&hello).unwrap());
     }
 
@@ -387,11 +529,8 @@ mod tests {
                 seq: 12,
                 reason: "source is empty".into(),
             }],
-            heads: vec![Head {
-                node: node(2),
-                stream: StreamName::memory(),
-                seq: 12,
-            }],
+            refused: Vec::new(),
+            heads: vec![Head::new(node(2), StreamName::memory(), 12)],
         };
         expect_test::expect![[r#"{"accepted":1,"duplicates":0,"voided":[{"node":"02020202020202020202020202020202","stream":"memory","seq":12,"reason":"source is empty"}],"heads":[{"node":"02020202020202020202020202020202","stream":"memory","seq":12}]}"#]]
         .assert_eq(&serde_json::to_string(&resp).unwrap());
@@ -419,8 +558,10 @@ mod tests {
             "{:?}",
             parsed[1]
         );
-        assert!(matches!(&parsed[2], Record::Void(why) if why == "source is empty"));
-        assert!(matches!(&parsed[3], Record::Void(why) if why.contains("msg_id")));
+        // A record that parses but fails validation keeps its digest, so
+        // the chain through it can still be checked.
+        assert!(matches!(&parsed[2], Record::Refused { why, .. } if why == "source is empty"));
+        assert!(matches!(&parsed[3], Record::Refused { why, .. } if why.contains("msg_id")));
         assert!(matches!(&parsed[4], Record::Void(why) if why == "refused upstream"));
         assert!(matches!(&parsed[5], Record::Row(r) if r.text == "nul \0 kept"));
 
@@ -434,7 +575,9 @@ mod tests {
         let valid_only = body.replace(r"bad \ud800", "bad");
         let (batches, _) = parse_batches(valid_only.as_bytes()).unwrap();
         assert!(matches!(&batches[0].records[1], Record::Row(r) if r.text == "bad"));
-        assert!(matches!(&batches[0].records[3], Record::Void(why) if why.contains("msg_id")));
+        assert!(
+            matches!(&batches[0].records[3], Record::Refused { why, .. } if why.contains("msg_id"))
+        );
         assert!(parse_batches(b"{\"batches\": 1}").is_err());
 
         let void = serde_json::to_string(&Record::Void("why".into())).unwrap();

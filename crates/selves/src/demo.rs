@@ -221,7 +221,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 spoke.name(),
                 &decoded.cert_fp.to_string()[..30]
             );
-            clients.push(PeerClient::new(target(&remote))?);
+            clients.push(PeerClient::new(target(&remote, &spoke.store))?);
         }
         let (laptop_client, phone_client) = (&clients[0], &clients[1]);
 

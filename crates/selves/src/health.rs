@@ -115,13 +115,96 @@ pub struct TunnelHealth {
     pub detail: Option<String>,
 }
 
+/// What the store knows about trust: records refused, forks, tokens
+/// offered by the wrong node, this node's own key found in another home.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrustHealth {
+    /// Why this node's key is believed to be in two homes.
+    pub clash: Option<String>,
+    pub forks: Vec<selves_store::Fork>,
+    pub refusals: Vec<selves_store::RefusalCount>,
+    /// (token's peer, refused node, address, when).
+    pub token_claims: Vec<(String, String, Option<String>, Millis)>,
+}
+
+/// How long a refusal keeps status degraded after it last happened.
+pub const REFUSAL_SHOWN_MS: Millis = 7 * 24 * 3600 * 1000;
+
+fn trust_problems(t: &TrustHealth, now: Millis, out: &mut Vec<Problem>) {
+    if let Some(why) = &t.clash {
+        out.push(Problem {
+            severity: Severity::Down,
+            line: format!(
+                "⚠ this node's key is in two homes ({}) — run `selves init --new-identity` in the copy",
+                shorten(why, 120)
+            ),
+        });
+    }
+    for f in &t.forks {
+        let who = f.name.clone().unwrap_or_else(|| f.node.short().to_owned());
+        out.push(Problem {
+            severity: Severity::Down,
+            line: format!(
+                "⚠ node {who} has two signed versions of its {} records from {} on (the second from {}): its key is in two homes — run `selves init --new-identity` in the copy",
+                f.stream,
+                f.seq,
+                if f.peer.is_empty() { "a peer" } else { &f.peer }
+            ),
+        });
+    }
+    for r in t
+        .refusals
+        .iter()
+        .filter(|r| now - r.last_at < REFUSAL_SHOWN_MS)
+    {
+        let what = if r.kind == "fork" {
+            "records forking a log held here"
+        } else {
+            "records not written by the node they claim"
+        };
+        out.push(Problem {
+            severity: Severity::Degraded,
+            line: format!(
+                "⚠ {} refused from {} ({what}, node {}, last {} ago): {}",
+                if r.count == 1 {
+                    "1 batch".to_owned()
+                } else {
+                    format!("{} batches", r.count)
+                },
+                r.peer,
+                &r.node[..r.node.len().min(8)],
+                span(now - r.last_at),
+                shorten(&r.last_reason, 100)
+            ),
+        });
+    }
+    for (peer, node, addr, at) in t
+        .token_claims
+        .iter()
+        .filter(|c| now - c.3 < REFUSAL_SHOWN_MS)
+    {
+        out.push(Problem {
+            severity: Severity::Degraded,
+            line: format!(
+                "⚠ node {} tried the token of {peer} from {} {} ago, but it is bound to another node — if it leaked: `selves rotate-token {peer}`",
+                &node[..node.len().min(8)],
+                addr.as_deref().unwrap_or("an unknown address"),
+                span(now - at)
+            ),
+        });
+    }
+}
+
 /// One line per problem, worst first; none when all is well.
 pub fn problems(
     peers: &[PeerHealth],
     shares: &[ShareHealth],
     tunnels: &[TunnelHealth],
+    trust: &TrustHealth,
+    now: Millis,
 ) -> Vec<Problem> {
     let mut out = Vec::new();
+    trust_problems(trust, now, &mut out);
     for t in tunnels {
         let detail = t
             .detail
@@ -286,7 +369,7 @@ mod tests {
         r.last_success_at = Some(NOW - 1000);
         let h = assess(&r, 0, NOW);
         assert_eq!(h.state, PeerState::Ok);
-        assert!(problems(&[h], &[], &[]).is_empty());
+        assert!(problems(&[h], &[], &[], &TrustHealth::default(), NOW).is_empty());
     }
 
     #[test]
@@ -295,7 +378,7 @@ mod tests {
         r.last_success_at = Some(NOW - 5 * 60_000);
         let h = assess(&r, 3, NOW);
         assert_eq!(h.state, PeerState::Healing);
-        let p = problems(&[h], &[], &[]);
+        let p = problems(&[h], &[], &[], &TrustHealth::default(), NOW);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].severity, Severity::Degraded);
         assert_eq!(
@@ -311,7 +394,7 @@ mod tests {
         let h = assess(&r, 0, NOW);
         assert_eq!(h.state, PeerState::Healing);
         assert_eq!(
-            problems(&[h], &[], &[])[0].line,
+            problems(&[h], &[], &[], &TrustHealth::default(), NOW)[0].line,
             "⚠ sync to vps failing (1 in a row, never synced yet), retrying (network: network trouble)"
         );
     }
@@ -322,7 +405,7 @@ mod tests {
         r.last_success_at = Some(NOW - 6 * DAY - HOUR);
         let h = assess(&r, 125, NOW);
         assert_eq!(h.state, PeerState::Down);
-        let p = problems(&[h], &[], &[]);
+        let p = problems(&[h], &[], &[], &TrustHealth::default(), NOW);
         assert_eq!(p[0].severity, Severity::Down);
         assert!(
             p[0].line
@@ -345,7 +428,7 @@ mod tests {
         let h = assess(&r, 1, NOW);
         assert_eq!(h.state, PeerState::Down);
         assert_eq!(
-            problems(&[h], &[], &[])[0].line,
+            problems(&[h], &[], &[], &TrustHealth::default(), NOW)[0].line,
             "⚠ sync to vps down 11 min — 1 memory not backed up"
         );
     }
@@ -356,7 +439,7 @@ mod tests {
         r.last_success_at = Some(NOW - 60_000);
         let h = assess(&r, 0, NOW);
         assert_eq!(h.state, PeerState::AuthFailed);
-        let p = problems(&[h], &[], &[]);
+        let p = problems(&[h], &[], &[], &TrustHealth::default(), NOW);
         assert_eq!(p[0].severity, Severity::Degraded);
         assert!(p[0].line.contains("pair again"), "{}", p[0].line);
     }
@@ -367,12 +450,15 @@ mod tests {
         r.added_at = NOW - 60_000;
         let h = assess(&r, 7, NOW);
         assert_eq!(h.state, PeerState::NeverSynced);
-        assert_eq!(problems(&[h], &[], &[])[0].severity, Severity::Degraded);
+        assert_eq!(
+            problems(&[h], &[], &[], &TrustHealth::default(), NOW)[0].severity,
+            Severity::Degraded
+        );
         r.added_at = NOW - 2 * DAY;
         let h = assess(&r, 7, NOW);
         assert_eq!(h.state, PeerState::Down);
         assert_eq!(
-            problems(&[h], &[], &[])[0].line,
+            problems(&[h], &[], &[], &TrustHealth::default(), NOW)[0].line,
             "⚠ sync to vps down: never synced in 2 days — 7 memories not backed up"
         );
     }
@@ -385,7 +471,7 @@ mod tests {
         let h = assess(&r, 9, NOW);
         assert_eq!(h.waiting_memories, None);
         assert_eq!(
-            problems(&[h], &[], &[])[0].line,
+            problems(&[h], &[], &[], &TrustHealth::default(), NOW)[0].line,
             "⚠ sync to vps down 2 hours"
         );
     }
@@ -406,7 +492,13 @@ mod tests {
                 held: 0,
             },
         ];
-        let p = problems(&[assess(&r, 0, NOW)], &shares, &[]);
+        let p = problems(
+            &[assess(&r, 0, NOW)],
+            &shares,
+            &[],
+            &TrustHealth::default(),
+            NOW,
+        );
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].severity, Severity::Down);
         assert_eq!(
@@ -424,5 +516,47 @@ mod tests {
         assert_eq!(span(3 * HOUR + 1), "3 hours");
         assert_eq!(span(DAY), "1 day");
         assert_eq!(span(6 * DAY + 23 * HOUR), "6 days");
+    }
+
+    #[test]
+    fn trust_problems_are_loud() {
+        let trust = TrustHealth {
+            clash: Some("a peer holds other records memory 7 signed with this node's key".into()),
+            forks: vec![selves_store::Fork {
+                node: "0123456789abcdef0123456789ab5e1f".parse().unwrap(),
+                name: Some("laptop".into()),
+                stream: "memory".parse().unwrap(),
+                seq: 7,
+                peer: "hub".into(),
+                seen_at: NOW,
+            }],
+            refusals: vec![selves_store::RefusalCount {
+                peer: "phone".into(),
+                kind: "forged".into(),
+                count: 3,
+                last_at: NOW - 1000,
+                last_reason: "signed with key 1234, which is not the key of node x".into(),
+                node: "0123456789abcdef0123456789ab5e1f".into(),
+            }],
+            // Old refusals fade.
+            token_claims: vec![(
+                "laptop".into(),
+                "ffff".into(),
+                Some("10.1.1.1".into()),
+                NOW - 8 * DAY,
+            )],
+        };
+        let p = problems(&[], &[], &[], &trust, NOW);
+        let lines: Vec<&str> = p.iter().map(|p| p.line.as_str()).collect();
+        expect_test::expect![[r#"
+            [
+                "⚠ this node's key is in two homes (a peer holds other records memory 7 signed with this node's key) — run `selves init --new-identity` in the copy",
+                "⚠ node laptop has two signed versions of its memory records from 7 on (the second from hub): its key is in two homes — run `selves init --new-identity` in the copy",
+                "⚠ 3 batches refused from phone (records not written by the node they claim, node 01234567, last 1 s ago): signed with key 1234, which is not the key of node x",
+            ]
+        "#]]
+        .assert_debug_eq(&lines);
+        assert_eq!(p[0].severity, Severity::Down);
+        assert_eq!(p[2].severity, Severity::Degraded);
     }
 }

@@ -11,6 +11,7 @@ use anyhow::{Context as _, bail};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use selves_store::{Store, StorePaths};
+use selves_wire::sign::NodeKey;
 use selves_wire::{CertFingerprint, Name, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -102,13 +103,76 @@ impl Home {
     }
 
     pub fn open_store(&self) -> anyhow::Result<Arc<Store>> {
+        let key = self.node_key()?;
         let store = Store::open(
             &StorePaths::in_dir(&self.dir),
             &self.config.node.id,
             &self.config.node.name,
+            key,
         )
         .with_context(|| format!("cannot open the store in {}", self.dir.display()))?;
         Ok(Arc::new(store))
+    }
+
+    pub fn node_key_path(&self) -> PathBuf {
+        self.dir.join("node.key")
+    }
+
+    /// The node's signing key (`node.key`, 0600). A home made before keys
+    /// existed gets one here, once; its id stays the one it had.
+    pub fn node_key(&self) -> anyhow::Result<NodeKey> {
+        let path = self.node_key_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let seed = selves_wire::unhex::<32>(text.trim()).with_context(|| {
+                    format!("{} is damaged (not 64 hex characters)", path.display())
+                })?;
+                Ok(NodeKey::from_seed(seed))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = new_key()?;
+                write_private(
+                    &path,
+                    format!("{}\n", selves_wire::hex(key.seed())).as_bytes(),
+                )?;
+                Ok(key)
+            }
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Gives this home a new identity (`selves init --new-identity`): a
+    /// new key and the id derived from it, keeping all memory. The store
+    /// withdraws what the old id wrote where another home holds the same
+    /// key, and writes it again under the new id. Returns (old, new) ids.
+    pub fn new_identity(&mut self) -> anyhow::Result<(NodeId, NodeId)> {
+        let store = self.open_store()?;
+        let key = new_key()?;
+        let old = self.config.node.id.clone();
+        let new = store
+            .adopt_identity(&key, now_ms())
+            .context("cannot move the store to a new identity")?;
+        drop(store);
+        // The key first: a config naming the new id with the old key would
+        // not open; the reverse is repaired by running this again.
+        write_private(
+            &self.node_key_path(),
+            format!("{}\n", selves_wire::hex(key.seed())).as_bytes(),
+        )?;
+        self.config.node.id = new.clone();
+        self.write_config()?;
+        let store = self.open_store()?;
+        store.reissue_pending(now_ms())?;
+        Ok((old, new))
+    }
+
+    /// Writes `config.toml` from `self.config`.
+    pub fn write_config(&self) -> anyhow::Result<()> {
+        let text = format!(
+            "# selves node configuration. The id must never be shared by two nodes.\n{}",
+            toml::to_string_pretty(&self.config).context("cannot write the config")?
+        );
+        write_private(&Home::config_path(&self.dir), text.as_bytes())
     }
 
     /// The share engine over `store`, with its blob store in this home.
@@ -163,22 +227,15 @@ pub fn init(dir: &Path, name: Name) -> anyhow::Result<Home> {
         .create(&tls)
         .with_context(|| format!("cannot create {}", tls.display()))?;
 
-    let mut id = [0u8; 16];
-    getrandom::fill(&mut id).context("no randomness available")?;
-    let id = NodeId::from_bytes(id);
+    // The id is derived from the node's key, so it proves what it signs.
+    let node_key = new_key()?;
+    let id = node_key.public().node_id();
+    write_private(
+        &dir.join("node.key"),
+        format!("{}\n", selves_wire::hex(node_key.seed())).as_bytes(),
+    )?;
 
-    let key = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
-    let mut params =
-        rcgen::CertificateParams::new(vec!["selves".to_owned(), "localhost".to_owned()])
-            .context("cannot build certificate parameters")?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("selves node {name}"));
-    let cert = params
-        .self_signed(&key)
-        .context("cannot sign the certificate")?;
-    write_private(&tls.join("key.pem"), key.serialize_pem().as_bytes())?;
-    write_private(&tls.join("cert.pem"), cert.pem().as_bytes())?;
+    new_certificate(dir, &name)?;
 
     let config = Config {
         node: NodeSection { id, name },
@@ -196,6 +253,37 @@ pub fn init(dir: &Path, name: Name) -> anyhow::Result<Home> {
     home.open_store()?;
     write_private(&Home::config_path(dir), text.as_bytes())?;
     Ok(home)
+}
+
+/// Makes the node's TLS certificate and key (`tls/`), replacing any.
+pub fn new_certificate(dir: &Path, name: &Name) -> anyhow::Result<()> {
+    let tls = dir.join("tls");
+    let key = rcgen::KeyPair::generate().context("cannot generate a TLS key")?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["selves".to_owned(), "localhost".to_owned()])
+            .context("cannot build certificate parameters")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("selves node {name}"));
+    let cert = params
+        .self_signed(&key)
+        .context("cannot sign the certificate")?;
+    write_private(&tls.join("key.pem"), key.serialize_pem().as_bytes())?;
+    write_private(&tls.join("cert.pem"), cert.pem().as_bytes())?;
+
+    Ok(())
+}
+
+fn new_key() -> anyhow::Result<NodeKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).context("no randomness available")?;
+    Ok(NodeKey::from_seed(seed))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600: a temporary file in

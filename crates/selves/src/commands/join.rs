@@ -147,7 +147,7 @@ pub fn join(home: Option<PathBuf>, args: JoinArgs) -> anyhow::Result<()> {
         batch_records: args.batch,
         ..SyncOptions::default()
     };
-    let client = PeerClient::new(target(&remote))?;
+    let client = PeerClient::new(target(&remote, &store))?;
     let started = Instant::now();
     let hello = rt
         .block_on(selves_client::handshake(

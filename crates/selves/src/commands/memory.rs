@@ -330,9 +330,19 @@ pub fn search(home: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<()> {
     } else {
         for h in &hits {
             let r = &h.row;
+            let origin = r.origin.as_deref().unwrap_or("?");
+            // Who captured it, and who wrote the text shown if another
+            // node did (an edit, or a memex row a node vouched for).
+            let by = match h.author.as_deref() {
+                Some(a) if a != origin && r.edited_at.is_some() => {
+                    format!("{origin}, edited by {a}")
+                }
+                Some(a) if a != origin => format!("{origin} via {a}"),
+                _ => origin.to_owned(),
+            };
             println!(
                 "[{}] {}/{} {} {}: {}",
-                r.origin.as_deref().unwrap_or("?"),
+                by,
                 r.source,
                 r.conversation_id,
                 output::date(r.ts),

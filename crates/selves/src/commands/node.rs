@@ -16,12 +16,21 @@ pub struct InitArgs {
     /// The node's name: its `origin` label on what it captures [default: the host name]
     #[arg(long)]
     name: Option<Name>,
+    /// Give this home a new identity (key, id and certificate), keeping
+    /// all its memory: for a home copied to another machine, or the copy
+    /// of a home whose key `status` says is in two homes. With --name it
+    /// is renamed too.
+    #[arg(long)]
+    new_identity: bool,
     #[command(flatten)]
     card: crate::commands::identity::CardArgs,
 }
 
 pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
     let dir = Home::locate(home)?;
+    if args.new_identity {
+        return new_identity(dir, args.name);
+    }
     if Home::is_initialised(&dir) {
         let existing = Home::load(dir.clone())?;
         println!(
@@ -51,6 +60,46 @@ pub fn init(home: Option<PathBuf>, args: InitArgs) -> anyhow::Result<()> {
         dir.display()
     );
     println!("certificate {}", home.fingerprint()?);
+    Ok(())
+}
+
+/// `selves init --new-identity`.
+fn new_identity(dir: PathBuf, name: Option<Name>) -> anyhow::Result<()> {
+    let mut home = Home::load(dir)?;
+    if crate::daemon::running(&home.dir)?.is_some() {
+        anyhow::bail!(
+            "a daemon runs in {}: stop it first (`selves service stop` or kill it), then run this again",
+            home.dir.display()
+        );
+    }
+    let remotes = home.open_store()?.remotes()?;
+    let (old, new) = home.new_identity()?;
+    if let Some(name) = name {
+        home.config.node.name = name;
+        home.write_config()?;
+    }
+    home::new_certificate(&home.dir, home.name())?;
+    let store = home.open_store()?;
+    let counts = store.counts()?;
+    println!(
+        "node {} is now {} (was {}); its {} memories are kept",
+        home.name(),
+        new,
+        old,
+        counts.rows
+    );
+    println!("certificate {}", home.fingerprint()?);
+    if !remotes.is_empty() {
+        let names: Vec<String> = remotes.iter().map(|r| r.alias.to_string()).collect();
+        println!(
+            "its peers ({}) gave their tokens to the old identity: ask each for a new invite \
+             (`selves invite --peer {}` there), then `selves peer remove ALIAS` and `selves pair LINE` here. \
+             The first sync tells them the old identity's records from this home are withdrawn \
+             and written again under the new one.",
+            names.join(", "),
+            home.name()
+        );
+    }
     Ok(())
 }
 
@@ -120,6 +169,32 @@ struct TokenStatus {
     state: &'static str,
 }
 
+/// What status shows about trust (see [`health::TrustHealth`]).
+pub fn trust_health(store: &selves_store::Store) -> anyhow::Result<health::TrustHealth> {
+    let me = store.me().id.clone();
+    Ok(health::TrustHealth {
+        clash: store.clash()?,
+        // A fork of this node's own log is the clash above, or a restore
+        // being recovered: not a line of its own.
+        forks: store
+            .forks()?
+            .into_iter()
+            .filter(|f| f.node != me)
+            .collect(),
+        refusals: store.refusals()?,
+        token_claims: store
+            .token_grants()?
+            .into_iter()
+            .flat_map(|g| {
+                let peer = g.peer.clone();
+                g.refused
+                    .into_iter()
+                    .map(move |(node, addr, at)| (peer.clone(), node, addr, at))
+            })
+            .collect(),
+    })
+}
+
 pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
@@ -143,10 +218,13 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             detail: t.detail,
         })
         .collect();
+    let trust = trust_health(&store)?;
     let problems = health::problems(
         &peers.iter().map(|p| p.health.clone()).collect::<Vec<_>>(),
         &shares,
         &tunnels,
+        &trust,
+        now,
     );
     let worst = problems.iter().map(|p| p.severity).max();
     let status = Status {
@@ -265,6 +343,12 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             .last_seen_at
             .map_or("never seen".to_owned(), |s| format!("last seen {}", ago(s)));
         println!("  {:<16} {:<8} {seen}", t.grant.peer, t.state);
+    }
+    if let Some((at, n)) = store.recovered()? {
+        println!(
+            "recovered: this home found its own records further on at a peer {} (a restored backup) and wrote {n} of its own again after them",
+            ago(at)
+        );
     }
     match status.daemon {
         Some(pid) => println!("daemon: running (pid {pid})"),

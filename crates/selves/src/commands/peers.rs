@@ -374,7 +374,7 @@ enum PeerKind {
 /// what it is. A node without the native endpoints is asked whether it
 /// speaks memex v12.
 fn check_peer(store: &std::sync::Arc<Store>, remote: &Remote) -> anyhow::Result<PeerKind> {
-    let client = PeerClient::new(target(remote))?;
+    let client = PeerClient::new(target(remote, store))?;
     let rt = crate::runtime()?;
     let opts = SyncOptions {
         attempts: 2,
@@ -404,8 +404,10 @@ fn check_peer(store: &std::sync::Arc<Store>, remote: &Remote) -> anyhow::Result<
     }
 }
 
-pub fn target(remote: &Remote) -> PeerTarget {
+pub fn target(remote: &Remote, store: &std::sync::Arc<Store>) -> PeerTarget {
     PeerTarget {
+        node: remote.node_id.clone(),
+        prover: Some(selves_client::prover(store)),
         url: remote.url.clone(),
         token: remote.token.clone(),
         trust: match (remote.insecure, remote.cert_fp) {
@@ -590,10 +592,35 @@ fn list(store: &std::sync::Arc<Store>, a: ListArgs) -> anyhow::Result<()> {
         println!("  (none)");
     }
     for g in &grants {
-        let seen = g
-            .last_seen_at
-            .map_or("never seen".to_owned(), |t| format!("last seen {}", ago(t)));
-        println!("  {:<16} {:<8} {seen}", g.peer, g.state(now));
+        let seen = g.last_seen_at.map_or("never seen".to_owned(), |t| {
+            format!(
+                "last used {}{}",
+                ago(t),
+                g.last_addr
+                    .as_deref()
+                    .map(|a| format!(" from {a}"))
+                    .unwrap_or_default()
+            )
+        });
+        let bound = match (&g.node_id, g.bound) {
+            (Some(n), true) => format!("bound to node {n}"),
+            (Some(n), false) => format!("used by node {n}, bound at its next hello"),
+            (None, _) => "not claimed yet".to_owned(),
+        };
+        println!(
+            "  {:<16} {:<8} {seen}\n  {:<16} {bound}",
+            g.peer,
+            g.state(now),
+            ""
+        );
+        for (node, addr, at) in &g.refused {
+            println!(
+                "  {:<16} refused node {node} from {} {}",
+                "",
+                addr.as_deref().unwrap_or("?"),
+                ago(*at)
+            );
+        }
     }
     Ok(())
 }

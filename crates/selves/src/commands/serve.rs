@@ -23,7 +23,8 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (after decompression)
     #[arg(long)]
     max_body_bytes: Option<u64>,
-    /// Most records accepted in one push
+    /// Most records accepted in one push (at least 64: the longest span
+    /// between two signatures of an author, which no push can split)
     #[arg(long)]
     max_push_records: Option<u32>,
     /// Requests per minute allowed per peer token
@@ -64,7 +65,8 @@ pub fn server_setup(home: &Home, args: ServeArgs) -> anyhow::Result<ServerSetup>
         max_push_records: args
             .max_push_records
             .or(cfg.max_push_records)
-            .unwrap_or(DEFAULT_LIMITS.max_push_records),
+            .unwrap_or(DEFAULT_LIMITS.max_push_records)
+            .max(selves_store::chain::SIGN_EVERY as u32),
         max_pull_records: cfg
             .max_pull_records
             .unwrap_or(DEFAULT_LIMITS.max_pull_records),

@@ -163,15 +163,18 @@ fn sync_one(
             } else {
                 None
             };
+            // Records refused for their proof are a failure to report,
+            // however well the rest went.
+            let refused = !report.refusals.is_empty() || !report.peer_refused.is_empty();
             (
                 PeerResult {
                     peer: alias,
-                    ok: true,
+                    ok: !refused,
                     report: Some(report),
                     searchable_ms,
                     error: None,
                 },
-                None,
+                refused.then_some(code::FAILED),
             )
         }
         Err(e) => {
@@ -203,7 +206,7 @@ pub(crate) async fn sync_peer(
     progress: &dyn selves_client::Progress,
 ) -> Result<SyncReport, selves_client::SyncError> {
     let alias = remote.alias.to_string();
-    let client = PeerClient::new(target(remote))?;
+    let client = PeerClient::new(target(remote, store))?;
     let outcome = match remote.protocol {
         Protocol::Selves => {
             selves_client::sync(store.clone(), engine, &client, opts, progress).await
@@ -225,6 +228,11 @@ pub(crate) async fn sync_peer(
     };
     if let Err(e) = store.record_attempt(&alias, &attempt, now_ms()) {
         tracing::warn!(error = %e, "cannot record the sync attempt");
+    }
+    if let Ok(report) = &outcome
+        && let Err(e) = store.note_refusals(&alias, &report.refusals, now_ms())
+    {
+        tracing::warn!(error = %e, "cannot record refused records");
     }
     outcome
 }
@@ -257,6 +265,27 @@ fn print_result((result, _): &(PeerResult, Option<u8>)) {
                 ),
                 None => {}
             }
+        }
+        for f in r.refusals.iter().take(10) {
+            eprintln!(
+                "warning: records {} {} from {} of node {} refused ({}): {}",
+                f.stream,
+                f.seq,
+                result.peer,
+                f.node.short(),
+                f.kind.as_str(),
+                f.reason
+            );
+        }
+        for v in r.peer_refused.iter().take(10) {
+            eprintln!(
+                "warning: {} refused records {} {} of node {}: {}",
+                result.peer,
+                v.stream,
+                v.seq,
+                v.node.short(),
+                v.reason
+            );
         }
         for why in r.refused.iter().take(10) {
             eprintln!("note: a row from {} was refused: {why}", result.peer);
@@ -314,7 +343,7 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             remote.alias
         );
     }
-    let client = PeerClient::new(target(&remote))?;
+    let client = PeerClient::new(target(&remote, &store))?;
     let rt = crate::runtime()?;
     // Right after a big sync the peer may ask us to wait (429): do.
     let theirs = rt.block_on(selves_client::digest(

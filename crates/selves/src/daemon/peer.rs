@@ -45,6 +45,7 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
         };
         if poller.is_none() && peer.protocol == Protocol::Selves {
             poller = Some(AbortOnDrop(tokio::spawn(long_poll(
+                ctx.store.clone(),
                 peer.clone(),
                 remote_tx.clone(),
                 ctx.stop.clone(),
@@ -140,8 +141,13 @@ async fn round(ctx: &Ctx, peer: &Remote) -> bool {
 /// Follows the peer's log version with `/v1/changes`; each new version
 /// wakes the schedule. A peer without the endpoint (older selves) or out
 /// of reach is asked again later; the interval still syncs.
-async fn long_poll(peer: Remote, versions: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
-    let client = match PeerClient::new(target(&peer)) {
+async fn long_poll(
+    store: std::sync::Arc<selves_store::Store>,
+    peer: Remote,
+    versions: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let client = match PeerClient::new(target(&peer, &store)) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(peer = %peer.alias, error = %e, "cannot follow the peer's changes");
@@ -165,6 +171,17 @@ async fn long_poll(peer: Remote, versions: watch::Sender<u64>, mut stop: watch::
             }
             Err(e) => {
                 tracing::debug!(peer = %peer.alias, error = %e, "long poll failed");
+                // A peer added without its id: the first round learns it,
+                // and the long poll can then prove this node's key.
+                if !client.knows_server() {
+                    let (s, alias) = (store.clone(), peer.alias.to_string());
+                    if let Ok(Ok(Some(r))) =
+                        tokio::task::spawn_blocking(move || s.remote(&alias)).await
+                        && let Some(id) = r.node_id
+                    {
+                        client.set_server(&id);
+                    }
+                }
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     _ = stop.wait_for(|s| *s) => return,

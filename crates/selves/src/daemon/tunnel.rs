@@ -312,10 +312,15 @@ async fn watch_child(
         }
         next = tokio::time::Instant::now() + HEALTH_EVERY;
         let healthy = match &probe {
-            Some(client) => matches!(
-                tokio::time::timeout(HEALTH_TIMEOUT, client.changes(u64::MAX)).await,
-                Ok(Ok(_))
-            ),
+            // Any answer from the peer means the tunnel carries traffic;
+            // only silence or a broken connection is a miss.
+            Some(client) => {
+                match tokio::time::timeout(HEALTH_TIMEOUT, client.changes(u64::MAX)).await {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => e.class() != "network",
+                    Err(_) => false,
+                }
+            }
             // Nothing to ask through it (a reverse tunnel, or no peer on
             // its port): ssh's own keepalives are the check.
             None => true,
@@ -353,7 +358,7 @@ async fn prober(ctx: &Ctx, t: &Tunnel) -> Option<PeerClient> {
         (r.url.starts_with("https://127.0.0.1:") || r.url.starts_with("https://localhost:"))
             && r.url.ends_with(&port)
     })?;
-    PeerClient::new(target(&remote)).ok()
+    PeerClient::new(target(&remote, &ctx.store)).ok()
 }
 
 async fn load(ctx: &Ctx, name: &str) -> Option<Tunnel> {

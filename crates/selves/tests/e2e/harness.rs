@@ -620,3 +620,129 @@ fn read_request(r: &mut impl BufRead) -> Option<Incoming> {
         body,
     })
 }
+
+/// A peer played by the test itself: its own key (so its own node id), a
+/// token from an invite, and raw requests with the proof of its key. Its
+/// batches are signed like a real node's, so a test can forge exactly
+/// one thing at a time.
+pub struct Prober {
+    pub key: selves_wire::sign::NodeKey,
+    pub id: selves_wire::NodeId,
+    pub server: selves_wire::NodeId,
+    pub addr: SocketAddr,
+    pub pin: selves_wire::CertFingerprint,
+    pub token: String,
+}
+
+impl Prober {
+    /// A prober holding the token of `blob`, for the server at `addr`,
+    /// with the key made from `seed`.
+    pub fn new(blob: &str, addr: SocketAddr, seed: u8) -> Prober {
+        let b = selves_wire::pair::PairBlob::decode(blob, 0).unwrap();
+        let key = selves_wire::sign::NodeKey::from_seed([seed; 32]);
+        Prober {
+            id: key.public().node_id(),
+            key,
+            server: b.node_id,
+            addr,
+            pin: b.cert_fp,
+            token: b.token.to_hex(),
+        }
+    }
+
+    fn proof_now(&self, node: &selves_wire::NodeId) -> (i64, selves_wire::sign::Signature) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let sig = self
+            .key
+            .sign(&selves_wire::sign::proof_message(&self.server, node, at));
+        (at, sig)
+    }
+
+    /// A hello body claiming node `node` (normally `self.id`).
+    pub fn hello_body(&self, node: &selves_wire::NodeId, name: &str) -> Vec<u8> {
+        let (at, sig) = self.proof_now(node);
+        serde_json::to_vec(&json!({
+            "protocol": {"major": 2, "minor": 0},
+            "node": {"id": node, "name": name},
+            "key": self.key.public(),
+            "to": self.server,
+            "at": at,
+            "proof": sig,
+        }))
+        .unwrap()
+    }
+
+    /// Says hello as itself (which binds the token to its key).
+    pub fn hello(&self) -> RawResponse {
+        let body = self.hello_body(&self.id, "prober");
+        self.post_raw("/v1/hello", &body, &[])
+    }
+
+    /// POST with the token and the proof of this prober's key.
+    pub fn post(&self, path: &str, body: &[u8]) -> RawResponse {
+        let proof = self.proof_header();
+        self.post_raw(path, body, &[("selves-proof", &proof)])
+    }
+
+    /// A fresh `selves-proof` header value for this prober's key.
+    pub fn proof_header(&self) -> String {
+        let (at, sig) = self.proof_now(&self.id);
+        format!("{at}.{sig}")
+    }
+
+    pub fn post_raw(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> RawResponse {
+        request(
+            self.addr,
+            self.pin,
+            "POST",
+            path,
+            Some(&self.token),
+            headers,
+            body,
+        )
+    }
+
+    /// A batch of `node`'s log of `stream` from `start`, chained from
+    /// `prev` (the genesis when `None` and `start` is 1), signed at its
+    /// end by `signer`. Returns the batch and the chain at its end.
+    pub fn batch(
+        signer: &selves_wire::sign::NodeKey,
+        node: &selves_wire::NodeId,
+        stream: &str,
+        start: u64,
+        prev: Option<selves_wire::sign::Digest>,
+        records: Vec<Value>,
+    ) -> (Value, selves_wire::sign::Digest) {
+        use selves_wire::sign;
+        let stream: selves_wire::StreamName = stream.parse().unwrap();
+        let mut chain = prev.unwrap_or_else(|| sign::genesis(node, &stream));
+        for (i, r) in records.iter().enumerate() {
+            let record: selves_wire::native::Record = serde_json::from_value(r.clone()).unwrap();
+            let d = sign::record_digest(&record).unwrap();
+            chain = sign::link(&chain, start + i as u64, &d);
+        }
+        let end = start + records.len() as u64 - 1;
+        let sig = signer.sign(&sign::head_message(node, &stream, end, &chain));
+        (
+            json!({
+                "node": node, "stream": stream, "start": start, "records": records,
+                "key": signer.public(), "sigs": [{"seq": end, "sig": sig}],
+            }),
+            chain,
+        )
+    }
+
+    /// A push body of this prober's own log of memory from `start`.
+    pub fn push_own(
+        &self,
+        start: u64,
+        prev: Option<selves_wire::sign::Digest>,
+        records: Vec<Value>,
+    ) -> Vec<u8> {
+        let (batch, _) = Prober::batch(&self.key, &self.id, "memory", start, prev, records);
+        serde_json::to_vec(&json!({ "batches": [batch] })).unwrap()
+    }
+}

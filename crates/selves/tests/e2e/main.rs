@@ -15,4 +15,5 @@ mod security;
 mod service;
 mod shares;
 mod sync;
+mod trust;
 mod tunnels;

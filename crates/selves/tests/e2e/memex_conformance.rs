@@ -417,9 +417,11 @@ fn since_sees_later_arrivals_by_any_path_and_winning_edits() {
     assert_eq!(texts.len(), 4, "{texts:?}");
     assert!(texts.contains(&"local note"));
     assert!(texts.contains(&"one, edited"));
-    // The token works on the native endpoints too: the same peer syncs natively.
+    // A memex peer's token is a memex peer's: a selves node that holds
+    // it is refused (tokens are bound to one peer), and pairs with an
+    // invite of its own instead.
     let native = Node::new("native");
-    native.ok(&[
+    let r = native.run(&[
         "peer",
         "add",
         "hub",
@@ -428,6 +430,9 @@ fn since_sees_later_arrivals_by_any_path_and_winning_edits() {
         "--cert-fp",
         &h.pin.to_string(),
     ]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("memex peer"), "{r:?}");
+    native.pair(&h.node, &h.server, "hub");
     native.ok(&["sync"]);
     assert_eq!(
         native.rows(),

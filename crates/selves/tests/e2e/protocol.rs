@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{
-    Node, Server, blob_fingerprint, blob_token, read_response, request, tls_stream,
+    Node, Prober, Server, blob_fingerprint, blob_token, read_response, request, tls_stream,
 };
 
 struct Hub {
@@ -15,42 +15,49 @@ struct Hub {
     server: Server,
     token: String,
     pin: selves_wire::CertFingerprint,
+    /// A peer with its own key that has said hello (its token is bound).
+    prober: Prober,
 }
 
 fn hub(extra: &[&str]) -> Hub {
     let node = Node::new("hub");
     let server = node.serve(extra);
     let blob = node.invite("prober", &server);
+    let prober = Prober::new(&blob, server.addr, 42);
+    let hello = prober.hello();
+    assert_eq!(hello.status, 200, "{hello:?}");
     Hub {
         token: blob_token(&blob),
         pin: blob_fingerprint(&blob),
         node,
         server,
+        prober,
     }
 }
 
 impl Hub {
     fn post(&self, path: &str, body: &[u8]) -> crate::harness::RawResponse {
-        request(
-            self.server.addr,
-            self.pin,
-            "POST",
-            path,
-            Some(&self.token),
-            &[],
-            body,
-        )
+        self.prober.post(path, body)
+    }
+
+    /// The prober's node id: the writer of what it pushes.
+    fn writer(&self) -> String {
+        self.prober.id.to_string()
+    }
+
+    /// A push of the prober's own memory log from `start`, signed.
+    fn push_body(&self, start: u64, records: Vec<serde_json::Value>) -> Vec<u8> {
+        self.prober.push_own(start, None, records)
     }
 }
-
-const WRITER: &str = "0123456789abcdef0123456789abcdef";
 
 fn row(msg: &str, text: &str) -> serde_json::Value {
     json!({"row": {"source": "raw", "conversation_id": "c", "msg_id": msg, "role": "user", "text": text, "ts": 1}})
 }
 
+/// An unsigned push body, for requests refused before any record is read.
 fn push_body(start: u64, records: Vec<serde_json::Value>) -> Vec<u8> {
-    serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "memory", "start": start, "records": records}]}))
+    serde_json::to_vec(&json!({"batches": [{"node": "0123456789abcdef0123456789abcdef", "stream": "memory", "start": start, "records": records}]}))
         .unwrap()
 }
 
@@ -100,28 +107,30 @@ fn bodies_over_the_limit_get_413_even_when_compressed() {
     gz.write_all(&bomb).unwrap();
     let gz = gz.finish().unwrap();
     assert!(gz.len() < 100_000);
+    let proof = h.prober.proof_header();
     let resp = request(
         h.server.addr,
         h.pin,
         "POST",
         "/v1/push",
         Some(&h.token),
-        &[("Content-Encoding", "gzip")],
+        &[("Content-Encoding", "gzip"), ("selves-proof", &proof)],
         &gz,
     );
     assert_eq!(resp.status, 413, "{resp:?}");
 
     // A small compressed body is accepted.
-    let small = push_body(1, vec![row("1", "compressed")]);
+    let small = h.push_body(1, vec![row("1", "compressed")]);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&small).unwrap();
+    let proof = h.prober.proof_header();
     let resp = request(
         h.server.addr,
         h.pin,
         "POST",
         "/v1/push",
         Some(&h.token),
-        &[("Content-Encoding", "gzip")],
+        &[("Content-Encoding", "gzip"), ("selves-proof", &proof)],
         &gz.finish().unwrap(),
     );
     assert_eq!(resp.status, 200, "{resp:?}");
@@ -130,15 +139,16 @@ fn bodies_over_the_limit_get_413_even_when_compressed() {
 
 #[test]
 fn too_many_records_and_malformed_bodies_get_400_and_change_nothing() {
-    let h = hub(&["--max-push-records", "10"]);
-    let eleven = (0..11).map(|i| row(&i.to_string(), "x")).collect();
-    let resp = h.post("/v1/push", &push_body(1, eleven));
+    // The least a server may set: an author's signed span (64 records).
+    let h = hub(&["--max-push-records", "64"]);
+    let too_many = (0..65).map(|i| row(&i.to_string(), "x")).collect();
+    let resp = h.post("/v1/push", &push_body(1, too_many));
     assert_eq!(resp.status, 400, "{resp:?}");
     assert!(
         resp.json()["detail"]
             .as_str()
             .unwrap()
-            .contains("at most 10")
+            .contains("at most 64")
     );
 
     for body in [
@@ -158,13 +168,14 @@ fn too_many_records_and_malformed_bodies_get_400_and_change_nothing() {
     assert_eq!(resp.status, 400);
     let resp = h.post("/v1/push", &push_body(0, vec![row("1", "x")]));
     assert_eq!(resp.status, 400, "seq 0 is refused: {resp:?}");
+    let proof = h.prober.proof_header();
     let resp = request(
         h.server.addr,
         h.pin,
         "GET",
         "/v1/nowhere",
         Some(&h.token),
-        &[],
+        &[("selves-proof", &proof)],
         b"",
     );
     assert_eq!(resp.status, 404);
@@ -174,28 +185,26 @@ fn too_many_records_and_malformed_bodies_get_400_and_change_nothing() {
 #[test]
 fn bad_records_are_refused_alone_and_nul_is_kept_exactly() {
     let h = hub(&[]);
-    // Built by hand: a lone surrogate is valid JSON syntax but not text.
-    let body = format!(
-        r#"{{"batches": [{{"node": "{WRITER}", "stream": "memory", "start": 1, "records": [
-            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "1", "role": "user", "text": "first", "ts": 1}}}},
-            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "2", "role": "user", "text": "lone \ud800 surrogate", "ts": 1}}}},
-            {{"row": {{"source": "", "conversation_id": "c", "msg_id": "3", "role": "user", "text": "no source", "ts": 1}}}},
-            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "4", "role": "user", "text": "nul \u0000 inside", "ts": 1}}}},
-            {{"row": {{"source": "raw", "conversation_id": "c", "msg_id": "5", "role": "user", "text": "ts missing"}}}}
-        ]}}]}}"#
+    // A row that parses but is not valid is kept as void (its digest
+    // holds its place in the signed chain); the rest go on.
+    let mut no_source = row("2", "no source");
+    no_source["row"]["source"] = json!("");
+    let body = h.push_body(
+        1,
+        vec![row("1", "first"), no_source, row("3", "nul \u{0} inside")],
     );
-    let resp = h.post("/v1/push", body.as_bytes());
+    let resp = h.post("/v1/push", &body);
     assert_eq!(resp.status, 200, "{resp:?}");
     let v = resp.json();
-    assert_eq!(v["accepted"], 5);
+    assert_eq!(v["accepted"], 3);
     let voided: Vec<u64> = v["voided"]
         .as_array()
         .unwrap()
         .iter()
         .map(|x| x["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(voided, vec![2, 3, 5]);
-    assert_eq!(v["heads"][0]["seq"], 5);
+    assert_eq!(voided, vec![2]);
+    assert_eq!(v["heads"][0]["seq"], 3);
 
     let rows = h.node.export();
     assert_eq!(rows.len(), 2);
@@ -206,30 +215,47 @@ fn bad_records_are_refused_alone_and_nul_is_kept_exactly() {
     h.node.assert_intact();
 
     // The same push again: all duplicates, nothing changes.
-    let again = h.post("/v1/push", body.as_bytes()).json();
+    let again = h.post("/v1/push", &body).json();
     assert_eq!(again["accepted"], 0);
-    assert_eq!(again["duplicates"], 5);
+    assert_eq!(again["duplicates"], 3);
+
+    // A record that is not even text (a lone surrogate) has no digest: the
+    // batch cannot be proven, and is refused whole, naming why.
+    let (batch, _) = Prober::batch(
+        &h.prober.key,
+        &h.prober.id,
+        "memory",
+        1,
+        None,
+        vec![row("1", "first"), row("9", "lone PLACEHOLDER surrogate")],
+    );
+    let broken = serde_json::to_string(&json!({ "batches": [batch] }))
+        .unwrap()
+        .replace("PLACEHOLDER", "\\ud800");
+    let resp = h.post("/v1/push", broken.as_bytes());
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let v = resp.json();
+    assert_eq!(v["refused"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["accepted"], 0);
+    assert_eq!(h.node.rows(), 2);
 
     // A push that skips ahead is refused as a gap.
-    let resp = h.post("/v1/push", &push_body(9, vec![row("9", "x")]));
+    let resp = h.post("/v1/push", &h.push_body(9, vec![row("9", "x")]));
     assert_eq!(resp.status, 409, "{resp:?}");
     assert_eq!(resp.json()["error"], "gap");
 
-    // A relay of the voids keeps their places: a spoke pulls all five.
+    // A relay of the voids keeps their places: a spoke pulls all three.
     let spoke = Node::new("spoke");
     spoke.pair(&h.node, &h.server, "hub");
     let r = spoke.json(&["sync", "--json"]);
-    assert_eq!(r[0]["report"]["pulled"], 5, "{r}");
+    assert_eq!(r[0]["report"]["pulled"], 3, "{r}");
     spoke.ok(&["verify"]);
 }
 
 #[test]
 fn the_rate_limit_answers_429_with_retry_after_and_the_client_waits() {
     let h = hub(&["--rate-per-minute", "60", "--rate-burst", "3"]);
-    let hello = serde_json::to_vec(
-        &json!({"protocol": {"major": 1, "minor": 0}, "node": {"id": WRITER, "name": "prober"}}),
-    )
-    .unwrap();
+    let hello = h.prober.hello_body(&h.prober.id, "prober");
     let statuses: Vec<_> = (0..5).map(|_| h.post("/v1/hello", &hello)).collect();
     let limited = statuses
         .iter()
@@ -301,7 +327,8 @@ fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
     let ask = |seen: &str, write: &str| {
         h.post(
             "/v1/marker",
-            &serde_json::to_vec(&json!({"node": WRITER, "seen": seen, "write": write})).unwrap(),
+            &serde_json::to_vec(&json!({"node": h.writer(), "seen": seen, "write": write}))
+                .unwrap(),
         )
     };
     let heads = |n: &Node| n.json(&["status", "--json"])["heads"].clone();
@@ -315,8 +342,8 @@ fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
 
     for bad in [
         b"{not json".to_vec(),
-        serde_json::to_vec(&json!({"node": WRITER, "seen": "../x", "write": "ok"})).unwrap(),
-        serde_json::to_vec(&json!({"node": WRITER, "seen": "ok", "write": "a b"})).unwrap(),
+        serde_json::to_vec(&json!({"node": h.writer(), "seen": "../x", "write": "ok"})).unwrap(),
+        serde_json::to_vec(&json!({"node": h.writer(), "seen": "ok", "write": "a b"})).unwrap(),
         serde_json::to_vec(&json!({"node": "nope", "seen": "ok", "write": "ok"})).unwrap(),
         vec![b' '; 5000],
     ] {
@@ -336,21 +363,35 @@ fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
 
     // A card that cannot be rendered on one line, or that speaks for
     // another node, is kept as void and changes no card.
-    let bad = serde_json::to_vec(
-        &json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 1,
-        "records": [
-            {"node": {"id": WRITER, "name": "prober", "updated_at": 1, "role": "a\nb"}},
-            {"node": {"id": "fedcba9876543210fedcba9876543210", "name": "other", "updated_at": 1}}
-        ]}]}),
-    )
-    .unwrap();
-    let r = h.post("/v1/push", &bad);
+    let (bad, chain) = Prober::batch(
+        &h.prober.key,
+        &h.prober.id,
+        "nodes",
+        1,
+        None,
+        vec![
+            json!({"node": {"id": h.writer(), "name": "prober", "updated_at": 1, "role": "a\nb"}}),
+            json!({"node": {"id": "fedcba9876543210fedcba9876543210", "name": "other", "updated_at": 1}}),
+        ],
+    );
+    let r = h.post(
+        "/v1/push",
+        &serde_json::to_vec(&json!({ "batches": [bad] })).unwrap(),
+    );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["voided"].as_array().unwrap().len(), 2, "{r:?}");
     let card = |marker: &str| {
-        serde_json::to_vec(&json!({"batches": [{"node": WRITER, "stream": "nodes", "start": 3,
-            "records": [{"node": {"id": WRITER, "name": "prober", "updated_at": 1, "marker": marker}}]}]}))
-        .unwrap()
+        let (batch, _) = Prober::batch(
+            &h.prober.key,
+            &h.prober.id,
+            "nodes",
+            3,
+            Some(chain),
+            vec![
+                json!({"node": {"id": h.writer(), "name": "prober", "updated_at": 1, "marker": marker}}),
+            ],
+        );
+        serde_json::to_vec(&json!({ "batches": [batch] })).unwrap()
     };
 
     // Push the card with the marker: now seen, and the hub's own card

@@ -26,7 +26,7 @@ struct Script {
 impl Default for Script {
     fn default() -> Self {
         Script {
-            major: 1,
+            major: 2,
             announced_max_body: 8 << 20,
             enforced_max_body: 8 << 20,
             failing_pushes: 0,
@@ -84,6 +84,7 @@ fn answer(
                 "protocol": {"major": script.major, "minor": 0},
                 "software": "scripted peer",
                 "node": {"id": "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c", "name": "scripted"},
+                "key": "11".repeat(32),
                 "you": "tester",
                 "streams": ["memory"],
                 "heads": [],
@@ -150,13 +151,13 @@ fn client_of(peer: &Peer) -> Node {
 #[test]
 fn a_peer_of_another_major_version_is_refused_with_an_upgrade_message() {
     let peer = start(Script {
-        major: 2,
+        major: 3,
         ..Script::default()
     });
     let client = client_of(&peer);
     client.import(&rows("x", "c", 3, 10));
     let run = client.fails(&["sync"], 7);
-    assert!(run.stderr.contains("speaks selves protocol 2"), "{run:?}");
+    assert!(run.stderr.contains("speaks selves protocol 3"), "{run:?}");
     assert!(run.stderr.contains("upgrade selves"), "{run:?}");
     assert!(
         peer.pushes.lock().unwrap().is_empty(),
@@ -167,20 +168,25 @@ fn a_peer_of_another_major_version_is_refused_with_an_upgrade_message() {
 #[test]
 fn a_batch_refused_as_too_large_is_halved_until_it_fits() {
     let peer = start(Script {
-        enforced_max_body: 40_000,
+        // Above one signed span (64 records here), below what is sent
+        // at first: halving stops at a span, never splits one.
+        enforced_max_body: 200_000,
         ..Script::default()
     });
     let client = client_of(&peer);
-    client.import(&rows("x", "c", 60, 2000));
+    client.import(&rows("x", "c", 600, 2000));
     let r = client.json(&["sync", "--json"]);
     assert_eq!(r[0]["ok"], true, "{r}");
-    assert_eq!(r[0]["report"]["pushed"], 60);
+    assert_eq!(r[0]["report"]["pushed"], 600);
     let pushes = peer.pushes.lock().unwrap().clone();
     assert!(
-        pushes.iter().any(|&n| n > 40_000),
+        pushes.iter().any(|&n| n > 200_000),
         "no 413 was provoked: {pushes:?}"
     );
-    assert_eq!(peer.heads.lock().unwrap().values().copied().max(), Some(60));
+    assert_eq!(
+        peer.heads.lock().unwrap().values().copied().max(),
+        Some(600)
+    );
 }
 
 #[test]

@@ -394,6 +394,9 @@ fn hostile_names_from_a_peer_are_refused_and_nothing_lands_outside_the_root() {
     let hd = share(&hub, "knowledge", &[]);
     let blob = hub.invite("mallory", &server);
     let (token, pin) = (blob_token(&blob), blob_fingerprint(&blob));
+    let mallory = crate::harness::Prober::new(&blob, server.addr, 44);
+    assert_eq!(mallory.hello().status, 200);
+    let proof = mallory.proof_header();
     let escape = hub.dir.path().join("escaped.md");
     let escape = escape.to_str().unwrap();
     let mut records = hostile_records(escape);
@@ -411,25 +414,24 @@ fn hostile_names_from_a_peer_are_refused_and_nothing_lands_outside_the_root() {
         "POST",
         "/v1/blobs/put?share=knowledge",
         Some(&token),
-        &[],
+        &[("selves-proof", &proof)],
         &frames,
     );
     assert_eq!(put.status, 200, "{:?}", String::from_utf8_lossy(&put.body));
-    records.push(json!({"file": {"path": "fine.md", "vv": {"abababababababababababababababab": 1}, "blob": hash, "size": content.len(), "mtime": 1, "author": "mallory"}}));
+    let fine = json!({"file": {"path": "fine.md", "vv": {mallory.id.as_str(): 1}, "blob": hash, "size": content.len(), "mtime": 1, "author": "mallory"}});
+    records.push(fine.clone());
 
     let before_outside = tree(hub.dir.path())
         .into_keys()
         .filter(|k| !k.starts_with("home/") && !k.starts_with("knowledge/"))
         .collect::<Vec<_>>();
-    let body = json!({"batches": [{"node": "abababababababababababababababab", "stream": "share:knowledge", "start": 1, "records": records}]});
-    let resp = request(
-        server.addr,
-        pin,
-        "POST",
+    // Signed by mallory in its own log, but records that are not even
+    // file versions cannot be proven: the batch is refused whole, and
+    // nothing is written.
+    let (batch, _) = hostile_batch(&mallory.key, &mallory.id, 1, &records);
+    let resp = mallory.post(
         "/v1/push",
-        Some(&token),
-        &[],
-        body.to_string().as_bytes(),
+        json!({ "batches": [batch] }).to_string().as_bytes(),
     );
     assert_eq!(
         resp.status,
@@ -438,14 +440,23 @@ fn hostile_names_from_a_peer_are_refused_and_nothing_lands_outside_the_root() {
         String::from_utf8_lossy(&resp.body)
     );
     let answer = resp.json();
-    assert_eq!(answer["accepted"], hostile + 1, "{answer}");
-    assert_eq!(
-        answer["voided"].as_array().unwrap().len(),
-        hostile,
-        "{answer}"
+    assert_eq!(answer["accepted"], 0, "{answer}");
+    assert_eq!(answer["refused"].as_array().unwrap().len(), 1, "{answer}");
+    assert!(tree(&hd).is_empty());
+    // The good record alone applies.
+    let (batch, _) = crate::harness::Prober::batch(
+        &mallory.key,
+        &mallory.id,
+        "share:knowledge",
+        1,
+        None,
+        vec![fine],
     );
-
-    // Only the good file arrived; nothing was written anywhere else.
+    let resp = mallory.post(
+        "/v1/push",
+        json!({ "batches": [batch] }).to_string().as_bytes(),
+    );
+    assert_eq!(resp.json()["accepted"], 1, "{resp:?}");
     assert_eq!(tree(&hd).into_keys().collect::<Vec<_>>(), ["fine.md"]);
     let after_outside = tree(hub.dir.path())
         .into_keys()
@@ -453,16 +464,40 @@ fn hostile_names_from_a_peer_are_refused_and_nothing_lands_outside_the_root() {
         .collect::<Vec<_>>();
     assert_eq!(before_outside, after_outside);
     assert!(!Path::new(escape).exists());
-    // Every refusal is reported.
-    let held = hub.json(&["conflicts", "--json"]);
-    let refused = held
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["kind"] == "refused")
-        .count();
-    assert_eq!(refused, hostile, "every refusal is reported: {held}");
+    // The refusal is reported, naming the peer.
+    let brief = hub.run(&["status", "--brief"]);
+    assert!(brief.stdout.contains("refused from mallory"), "{brief:?}");
     hub.assert_intact();
+    let _ = token;
+}
+
+/// A batch of share records in `node`'s log from `start`, signed by
+/// `key`, where records that are not file versions at all get the digest
+/// of their JSON text (no honest node can make such a record; a
+/// receiver cannot check it, and must refuse the batch).
+fn hostile_batch(
+    key: &selves_wire::sign::NodeKey,
+    node: &selves_wire::NodeId,
+    start: u64,
+    records: &[Value],
+) -> (Value, selves_wire::sign::Digest) {
+    use selves_wire::sign;
+    let stream: selves_wire::StreamName = "share:knowledge".parse().unwrap();
+    let mut chain = sign::genesis(node, &stream);
+    for (i, r) in records.iter().enumerate() {
+        let d = serde_json::from_value::<selves_wire::native::Record>(r.clone())
+            .ok()
+            .and_then(|rec| sign::record_digest(&rec))
+            .unwrap_or(sign::Digest([0xee; 32]));
+        chain = sign::link(&chain, start + i as u64, &d);
+    }
+    let end = start + records.len() as u64 - 1;
+    let sig = key.sign(&sign::head_message(node, &stream, end, &chain));
+    (
+        json!({"node": node, "stream": stream, "start": start, "records": records,
+            "key": key.public(), "sigs": [{"seq": end, "sig": sig}]}),
+        chain,
+    )
 }
 
 #[test]
@@ -759,7 +794,9 @@ fn a_hub_killed_mid_push_leaves_no_partial_file_and_the_push_resumes() {
 
 #[test]
 fn hostile_records_pulled_from_a_peer_touch_nothing_outside_the_root() {
-    let evil = "abababababababababababababababab";
+    let evil_key = selves_wire::sign::NodeKey::from_seed([66; 32]);
+    let evil_id = evil_key.public().node_id();
+    let evil: &'static str = evil_id.as_str().to_owned().leak();
     let client = Node::new("client");
     let root = share(&client, "knowledge", &[]);
     let victim = client.dir.path().join("victim.txt");
@@ -780,6 +817,8 @@ fn hostile_records_pulled_from_a_peer_touch_nothing_outside_the_root() {
     records.push(json!({"file": {"path": "../victim.txt", "vv": {evil: 1}, "deleted": true, "size": 0, "mtime": 0, "author": "evil"}}));
     records.push(json!({"file": {"path": "inside.md", "vv": {evil: 1}, "deleted": true, "size": 0, "mtime": 0, "author": "evil"}}));
     let n = records.len();
+    let (batch, _) = hostile_batch(&evil_key, &evil_id, 1, &records);
+    let evil_pub = evil_key.public();
     let token = "c0".repeat(32);
     let expected = format!("Bearer {token}");
     let (addr, fingerprint) = crate::harness::https_server(move |req| {
@@ -790,17 +829,14 @@ fn hostile_records_pulled_from_a_peer_touch_nothing_outside_the_root() {
             "/v1/hello" => (
                 200,
                 json!({
-                    "protocol": {"major": 1, "minor": 0}, "software": "evil", "you": "client",
-                    "node": {"id": evil, "name": "evil"}, "streams": [],
+                    "protocol": {"major": 2, "minor": 0}, "software": "evil", "you": "client",
+                    "node": {"id": evil, "name": "evil"}, "key": evil_pub, "streams": [],
                     "heads": [{"node": evil, "stream": "share:knowledge", "seq": n}], "nodes": [],
                     "limits": {"max_body_bytes": 8388608, "max_push_records": 5000, "max_pull_records": 5000, "max_pull_bytes": 4194304},
                     "server_now_ms": 0
                 }),
             ),
-            "/v1/pull" => (
-                200,
-                json!({"batches": [{"node": evil, "stream": "share:knowledge", "start": 1, "records": records}], "more": false}),
-            ),
+            "/v1/pull" => (200, json!({"batches": [batch], "more": false})),
             _ => (404, json!({"error": "not_found"})),
         }
     });
@@ -814,24 +850,14 @@ fn hostile_records_pulled_from_a_peer_touch_nothing_outside_the_root() {
         &fingerprint.to_string(),
         "--no-check",
     ]);
-    let out = client.json(&["sync", "--json"]);
-    assert_eq!(out[0]["ok"], true, "{out}");
+    // The batch cannot be proven (records that are not file versions have
+    // no digest): refused whole, reported, and nothing is touched.
+    let out = client.run(&["sync", "--json"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("refused"), "{out:?}");
     assert_eq!(std::fs::read(&victim).unwrap(), b"must survive");
-    assert_eq!(
-        text(&root, "inside.md"),
-        "an unsynced local file\n",
-        "a modification beats a deletion"
-    );
-    let held = client.json(&["conflicts", "--json"]);
-    let refused = held
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["kind"] == "refused")
-        .count();
-    // Refused: all but the deletion of inside.md and the two records made
-    // valid deletions of ok-name.md above.
-    assert_eq!(refused, n - 3, "{held}");
+    assert_eq!(text(&root, "inside.md"), "an unsynced local file\n");
+    assert!(n > 40);
     client.assert_intact();
 }
 
@@ -843,8 +869,19 @@ fn blob_endpoints_refuse_bad_input_clearly() {
     share(&hub, "outbox", &["--mode", "send-only"]);
     let blob = hub.invite("peer", &server);
     let (token, pin) = (blob_token(&blob), blob_fingerprint(&blob));
+    let prober = crate::harness::Prober::new(&blob, server.addr, 43);
+    assert_eq!(prober.hello().status, 200);
     let post = |path: &str, body: &[u8], token: &str| {
-        request(server.addr, pin, "POST", path, Some(token), &[], body)
+        let proof = prober.proof_header();
+        request(
+            server.addr,
+            pin,
+            "POST",
+            path,
+            Some(token),
+            &[("selves-proof", &proof)],
+            body,
+        )
     };
     let blobs_dir = hub.home().join("blobs");
     // Nothing of what was refused is anywhere in the blob store (small
