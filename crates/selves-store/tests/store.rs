@@ -945,3 +945,85 @@ fn a_key_in_two_homes_is_a_fork_until_the_copy_takes_a_new_identity() {
     assert!(original.clash().unwrap().is_none());
     assert!(copy.clash().unwrap().is_none());
 }
+
+#[test]
+fn a_home_from_before_keys_is_migrated_in_place_and_its_history_relays() {
+    // A node made before keys: a random id (not derived from a key) and
+    // records with no digest, chain or signature, as version 1 left them.
+    let dir = tempfile::tempdir().unwrap();
+    let legacy_id = selves_wire::NodeId::from_bytes([7; 16]);
+    assert!(!legacy_id.is_derived());
+    {
+        let s = Store::open(
+            &StorePaths::in_dir(dir.path()),
+            &legacy_id,
+            &"old".parse().unwrap(),
+            key(7),
+        )
+        .unwrap();
+        s.capture(
+            (0..100)
+                .map(|i| row("c", &i.to_string(), "old words"))
+                .collect(),
+            &CaptureOptions::default(),
+        )
+        .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("selves.db")).unwrap();
+        conn.execute_batch(
+            "UPDATE records SET digest = NULL, chain = NULL, sig = NULL;
+             UPDATE heads SET legacy = 0;
+             UPDATE nodes SET key = NULL;
+             UPDATE messages SET author = NULL;
+             DELETE FROM meta WHERE key = 'chained';",
+        )
+        .unwrap();
+    }
+    // The upgrade: the same id, now bound to its key; its history is
+    // chained as carried from before and signed at its head.
+    let old = Store::open(
+        &StorePaths::in_dir(dir.path()),
+        &legacy_id,
+        &"old".parse().unwrap(),
+        key(7),
+    )
+    .unwrap();
+    assert!(old.check().unwrap().is_empty());
+    let (b, c) = (node(2, "b"), node(3, "c"));
+    sync(&old, &b.store, 30);
+    sync(&b.store, &c.store, 30);
+    assert_eq!(c.store.counts().unwrap().rows, 100);
+    // What it writes now is signed like any node's, and relays the same.
+    old.capture(
+        vec![row("c", "new", "new words")],
+        &CaptureOptions::default(),
+    )
+    .unwrap();
+    sync(&old, &b.store, 30);
+    sync(&b.store, &c.store, 30);
+    assert_converged(&[&old, &b.store, &c.store]);
+    // Another key cannot speak for the old id once it is bound.
+    let forged = RecordBatch {
+        key: Some(key(9).public()),
+        ..c.store
+            .read_ranges(
+                &[Range {
+                    node: legacy_id.clone(),
+                    stream: StreamName::memory(),
+                    after: 100,
+                }],
+                10,
+                usize::MAX,
+            )
+            .unwrap()
+            .batches[0]
+            .clone()
+    };
+    let d = node(4, "d");
+    pull(&d.store, &c.store, 200);
+    let mut forged = forged;
+    forged.start = 102;
+    let summary = d.store.apply(vec![forged], Durability::Full, 0).unwrap();
+    assert_eq!(summary.refused.len(), 1, "{summary:?}");
+}
