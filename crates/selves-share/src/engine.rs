@@ -195,6 +195,21 @@ impl Engine {
         let mut kept = None;
         match head {
             Some(bytes) if bytes == content => return Ok(Generated::Unchanged),
+            // An empty file holds nothing to keep: an editor that
+            // truncates before it writes may be half way, so one changed
+            // in the last two seconds is left for the next pass, and an
+            // older one is simply replaced.
+            Some(bytes) if bytes.is_empty() => {
+                let fresh = root.stat(path)?.is_some_and(|seen| {
+                    let now_ns = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as i64);
+                    now_ns - seen.mtime_ns < 2_000_000_000
+                });
+                if fresh {
+                    return Ok(Generated::Unchanged);
+                }
+            }
             Some(bytes) if !bytes.starts_with(header) => {
                 let mut target = keep_as.clone();
                 let mut n = 1;

@@ -775,7 +775,9 @@ impl Store {
             let r = self.reader()?;
             r.query_row("SELECT COUNT(*) FROM reissue", [], |r| r.get(0))?
         };
-        if pending == 0 {
+        // While another home holds this key, what this one wrote waits
+        // for `init --new-identity` (or the other's retirement).
+        if pending == 0 || self.clash()?.is_some() {
             return Ok(0);
         }
         self.write(|tx| {
@@ -902,15 +904,23 @@ fn queue_reissue(tx: &Transaction<'_>, store: &Store, stream: i64, seq: u64) -> 
     Ok(())
 }
 
-/// A fork of this node's own log, found in a batch signed with its key:
-/// recovered once (a restore) by withdrawing its branch from `seq`, or a
-/// clash (two homes) refused as a fork. Returns whether it recovered.
+/// A fork of this node's own log, found in a batch signed with its key at
+/// `seq` (`theirs` is the batch's chain there). Recovered once a day per
+/// stream (a restore): this home withdraws its branch, takes the peer's,
+/// and writes its content again after it. A second one, or one while its
+/// key is known to be in two homes, is a clash: it withdraws its branch
+/// all the same (so the other home learns of it, and every node holding
+/// that branch lets it go) but keeps its content unwritten until `init
+/// --new-identity`. Returns whether the batch may be applied (false only
+/// for share streams, whose versions cannot be written again safely).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn own_fork(
     tx: &Transaction<'_>,
     store: &Store,
     stream: i64,
     stream_name: &StreamName,
     seq: u64,
+    theirs: &Digest,
     now: Millis,
 ) -> Result<bool> {
     let clash: Option<String> = tx
@@ -928,20 +938,23 @@ pub(crate) fn own_fork(
         .and_then(|v| v.parse::<Millis>().ok())
         .is_some_and(|at| now - at < REBASE_WINDOW_MS);
     let memory_or_cards = stream == store.streams.memory || stream == store.streams.nodes;
-    if clash.is_some() || recent || !memory_or_cards {
+    let two_homes = clash.is_some() || recent || !memory_or_cards;
+    if two_homes {
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('clash', ?1) ON CONFLICT (key) DO NOTHING",
             [format!(
                 "a peer holds other records {stream_name} {seq} signed with this node's key"
             )],
         )?;
-        return Ok(false);
+        if !memory_or_cards {
+            return Ok(false);
+        }
     }
     let me = &store.me;
-    let chain = chain_at(tx, me.idx, stream, &me.id, stream_name, seq)?;
+    let ours = chain_at(tx, me.idx, stream, &me.id, stream_name, seq)?;
     let sig = store
         .key
-        .sign(&abandon_message(&me.id, stream_name, seq, &chain));
+        .sign(&abandon_message(&me.id, stream_name, seq, &ours));
     tx.execute(
         "INSERT OR IGNORE INTO abandoned (node, stream, seq, chain, key, sig)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -949,7 +962,7 @@ pub(crate) fn own_fork(
             me.idx,
             stream,
             seq as i64,
-            &chain.0[..],
+            &ours.0[..],
             &store.key.public().0[..],
             &sig.0[..]
         ],
@@ -962,9 +975,15 @@ pub(crate) fn own_fork(
         &me.id,
         stream_name,
         seq,
-        &chain,
+        &ours,
         now,
     )?;
+    if two_homes {
+        // Evidence for `init --new-identity`: where this home's branch
+        // left the other's.
+        note_fork(tx, me.idx, stream, seq, &ours, theirs, now)?;
+        return Ok(true);
+    }
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1012,39 +1031,33 @@ impl Store {
         let new_id = key.public().node_id();
         let old = self.me.clone();
         self.write(|tx| {
-            let forks: Vec<(i64, String, i64)> = {
+            let forks: Vec<(i64, String, i64, Vec<u8>)> = {
                 let mut stmt = tx.prepare(
-                    "SELECT f.stream, s.name, f.seq FROM forks f JOIN streams s ON s.id = f.stream
+                    "SELECT f.stream, s.name, f.seq, f.ours FROM forks f JOIN streams s ON s.id = f.stream
                      WHERE f.node = ?1 AND f.resolved_at IS NULL",
                 )?;
-                stmt.query_map([old.idx], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                stmt.query_map([old.idx], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                     .collect::<rusqlite::Result<_>>()?
             };
             let mut from_seq = i64::MAX;
             let mut cuts = Vec::new();
-            for (stream, name, seq) in &forks {
-                let Ok(name) = name.parse::<StreamName>() else {
-                    continue;
-                };
-                let chain = chain_at(tx, old.idx, *stream, &old.id, &name, *seq as u64)?;
-                let sig = self
-                    .key
-                    .sign(&abandon_message(&old.id, &name, *seq as u64, &chain));
-                tx.execute(
-                    "INSERT OR IGNORE INTO abandoned (node, stream, seq, chain, key, sig)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        old.idx,
-                        stream,
-                        seq,
-                        &chain.0[..],
-                        &self.key.public().0[..],
-                        &sig.0[..]
-                    ],
-                )?;
+            for (stream, name, seq, ours) in &forks {
+                let Ok(name) = name.parse::<StreamName>() else { continue };
                 if *stream == self.streams.memory {
                     from_seq = from_seq.min(*seq);
                 }
+                // Only a branch still held here is withdrawn: one already
+                // withdrawn (a clash) was replaced by the other home's.
+                let chain = chain_at(tx, old.idx, *stream, &old.id, &name, *seq as u64)?;
+                if to_digest(ours.clone()) != Some(chain) {
+                    continue;
+                }
+                let sig = self.key.sign(&abandon_message(&old.id, &name, *seq as u64, &chain));
+                tx.execute(
+                    "INSERT OR IGNORE INTO abandoned (node, stream, seq, chain, key, sig)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![old.idx, stream, seq, &chain.0[..], &self.key.public().0[..], &sig.0[..]],
+                )?;
                 cuts.push((*stream, name, *seq as u64, chain));
             }
             // The retirement: seq 0 of the nodes stream.
@@ -1072,8 +1085,13 @@ impl Store {
                 [old.id.as_str()],
             )?;
             // The content the old id wrote from the first fork on (all of
-            // it when no fork was seen) is written again by the new id.
-            let from_seq = if from_seq == i64::MAX { 1 } else { from_seq };
+            // it when nothing says where this home's writing began) is
+            // written again by the new id, with what already waits.
+            let queued: i64 = tx.query_row("SELECT COUNT(*) FROM reissue", [], |r| r.get(0))?;
+            let from_seq = match from_seq {
+                i64::MAX if queued == 0 => 1,
+                s => s,
+            };
             tx.execute(
                 "INSERT OR IGNORE INTO reissue (stream, target)
                  SELECT DISTINCT ?2, r.target FROM records r JOIN messages m ON m.id = r.target

@@ -521,7 +521,8 @@ impl Store {
             // from before the fork).
             false
         } else if mine {
-            crate::chain::own_fork(tx, self, stream, &batch.stream, at, now)?
+            let theirs = v.links[(at - batch.start) as usize].1;
+            crate::chain::own_fork(tx, self, stream, &batch.stream, at, &theirs, now)?
         } else {
             crate::chain::withdrawn_at(tx, v.node, stream, at, &[(Digest::LEGACY, ours)])?.is_some()
                 && crate::chain::cut_branch(

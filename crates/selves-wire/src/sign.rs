@@ -176,14 +176,7 @@ pub fn link(prev: &Digest, seq: u64, d: &Digest) -> Digest {
 
 /// What an author signs to vouch for its log up to `seq`.
 pub fn head_message(node: &NodeId, stream: &StreamName, seq: u64, chain: &Digest) -> Vec<u8> {
-    let mut m = b"selves head v1\0".to_vec();
-    m.extend_from_slice(node.as_str().as_bytes());
-    m.push(0);
-    m.extend_from_slice(stream.as_str().as_bytes());
-    m.push(0);
-    m.extend_from_slice(&seq.to_le_bytes());
-    m.extend_from_slice(&chain.0);
-    m
+    log_statement(b"selves head v1\0", node, stream, seq, chain)
 }
 
 /// What an author signs to withdraw the branch of its log that has
@@ -191,7 +184,19 @@ pub fn head_message(node: &NodeId, stream: &StreamName, seq: u64, chain: &Digest
 /// there before it learnt what it had written before the restore, or a
 /// copy that took a new identity. The content is written again elsewhere.
 pub fn abandon_message(node: &NodeId, stream: &StreamName, seq: u64, chain: &Digest) -> Vec<u8> {
-    let mut m = b"selves abandon v1\0".to_vec();
+    log_statement(b"selves abandon v1\0", node, stream, seq, chain)
+}
+
+/// `domain ‖ node ‖ 0 ‖ stream ‖ 0 ‖ seq (u64 LE) ‖ chain`: a statement
+/// about one point of one log.
+fn log_statement(
+    domain: &[u8],
+    node: &NodeId,
+    stream: &StreamName,
+    seq: u64,
+    chain: &Digest,
+) -> Vec<u8> {
+    let mut m = domain.to_vec();
     m.extend_from_slice(node.as_str().as_bytes());
     m.push(0);
     m.extend_from_slice(stream.as_str().as_bytes());
@@ -317,5 +322,25 @@ mod tests {
         let text = serde_json::to_string(&b).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&text).unwrap(), b);
         assert!(serde_json::from_str::<Digest>("\"00\"").is_err());
+    }
+
+    /// The ids, chain and signed statements are a protocol: this pins
+    /// them (Ed25519 signatures are deterministic).
+    #[test]
+    fn ids_chains_and_statements_are_pinned() {
+        let key = NodeKey::from_seed([3; 32]);
+        let node = key.public().node_id();
+        assert!(node.is_derived());
+        let memory = StreamName::memory();
+        let chain = link(&genesis(&node, &memory), 1, &Digest([9; 32]));
+        let head = key.sign(&head_message(&node, &memory, 1, &chain));
+        let proof = key.sign(&proof_message(&node, &node, 1_700_000_000_000));
+        expect_test::expect![[r#"
+            8f4449a1596ee304e881ef3e45eb5e1f
+            b2a4822b5d05eaef428d0a70ca2d74be65198aa8693d4ebcc795ec490f98464b
+            50ac2716c5d3b8c80f1f2be997b5dc004dd21d562f7952c19c43a088a2cfdde1f3034ad2ce7c0a4e719303d3b67203c050a4464581a05bd5da4bae6575c6e007
+            0ac7eb3f01c5c4ece24bf4a34617214c3325d0bc66699914b7df0c1ea13c31566a1fabfc0dafda00bfebbfb0c2c40fd7390256acba4d95113a54a2254088e30e"#]].assert_eq(&format!(
+            "{node}\n{chain}\n{head}\n{proof}"
+        ));
     }
 }
