@@ -111,6 +111,9 @@ pub(crate) struct Verified {
     pub head: u64,
     /// (digest, chain) of each record of the batch.
     pub links: Vec<(Digest, Digest)>,
+    /// The version hash of each row record (as stored: uuid filled in),
+    /// computed once here for the digest and reused to store the row.
+    pub hashes: Vec<Option<selves_wire::VersionHash>>,
     pub sigs: Vec<SeqSig>,
     /// Records up to this seq are carried from before signing.
     pub legacy: u64,
@@ -205,12 +208,20 @@ pub(crate) fn verify(
     let mut fork_at = (prev != ours_prev).then_some(batch.start - 1);
     let fork_exact = fork_at.is_none();
     let mut links = Vec::with_capacity(batch.records.len());
+    let mut hashes = Vec::with_capacity(batch.records.len());
     let mut held = tx
         .prepare_cached("SELECT chain FROM records WHERE node = ?1 AND stream = ?2 AND seq = ?3")?;
     for (i, record) in batch.records.iter().enumerate() {
         let seq = batch.start + i as u64;
+        let hash = match record {
+            selves_wire::native::Record::Row(row) if row.uuid.is_some() => Some(row.version_hash()),
+            _ => None,
+        };
+        hashes.push(hash);
         let d = if seq <= batch.legacy {
             Digest::LEGACY
+        } else if let Some(hash) = &hash {
+            sign::row_digest(hash)
         } else {
             match sign::record_digest(record) {
                 Some(d) => d,
@@ -262,6 +273,7 @@ pub(crate) fn verify(
         node,
         head,
         links,
+        hashes,
         sigs: batch.sigs.clone(),
         legacy,
         fork_at,

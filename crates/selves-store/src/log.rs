@@ -393,7 +393,12 @@ impl Store {
                             }
                         },
                         Record::Row(mut row) => {
-                            normalise(&mut row);
+                            let hash = if row.uuid.is_none() {
+                                normalise(&mut row);
+                                row.version_hash()
+                            } else {
+                                v.hashes[i].unwrap_or_else(|| row.version_hash())
+                            };
                             match row.validate() {
                                 Err(e) => (None, Some(e.to_string())),
                                 Ok(()) if row.msg_id.is_none() => (
@@ -401,7 +406,7 @@ impl Store {
                                     Some("row has no msg_id: local-only rows never sync".into()),
                                 ),
                                 Ok(()) => {
-                                    let written = mat.put(&row, author)?;
+                                    let written = mat.put_hashed(&row, hash, author)?;
                                     if written.changed() {
                                         summary.changed_rows += 1;
                                     }

@@ -167,9 +167,19 @@ impl<'t, 'c> Materialiser<'t, 'c> {
     /// node of local index `author` (the log whose record carries it;
     /// `None` when unknown: carried from before signing).
     pub(crate) fn put(&mut self, row: &Row, author: Option<i64>) -> Result<Written> {
+        self.put_hashed(row, row.version_hash(), author)
+    }
+
+    /// [`Materialiser::put`] with the row's version hash already computed.
+    pub(crate) fn put_hashed(
+        &mut self,
+        row: &Row,
+        hash: VersionHash,
+        author: Option<i64>,
+    ) -> Result<Written> {
         let key = row.key();
         let (conv, conversation_changed) = self.contribute(row, key.is_some())?;
-        let outcome = self.put_message(row, key, conv, author)?;
+        let outcome = self.put_message(row, key, conv, hash, author)?;
         Ok(Written {
             outcome,
             conversation_changed,
@@ -207,9 +217,9 @@ impl<'t, 'c> Materialiser<'t, 'c> {
         row: &Row,
         key: Option<RowKey>,
         conv: i64,
+        hash: VersionHash,
         author: Option<i64>,
     ) -> Result<Outcome> {
-        let hash = row.version_hash();
         // Most rows are new: try the insert first, which probes the unique
         // indexes once, and look at what is held only on a conflict.
         if let Some(id) = self.try_insert(key, conv, hash, row, author)? {
@@ -242,7 +252,12 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             origin: old_origin.as_deref(),
             hash: VersionHash(old_hash),
         };
-        if row.version() <= held {
+        let version = Version {
+            edited_at: row.edited_at,
+            origin: row.origin.as_deref(),
+            hash,
+        };
+        if version <= held {
             return Ok(Outcome::Stale(id));
         }
         let arrival = self.take_arrival();
