@@ -117,10 +117,13 @@ impl Engine {
     pub fn new(store: Arc<Store>, home: &Path) -> Result<Engine, ShareError> {
         let blobs = Blobs::open(&home.join("blobs"))?;
         let locks = home.join("locks");
-        std::fs::create_dir_all(&locks).map_err(|source| ShareError::Lock {
-            path: locks.clone(),
-            source,
-        })?;
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .recursive(true)
+            .create(&locks)
+            .map_err(|source| ShareError::Lock {
+                path: locks.clone(),
+                source,
+            })?;
         Ok(Engine {
             store,
             blobs,
@@ -139,7 +142,7 @@ impl Engine {
             path: path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
+        let file = std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
             .create(true)
             .truncate(false)
             .write(true)
@@ -760,7 +763,12 @@ impl Engine {
         if recent {
             return Ok(0);
         }
-        let _ = std::fs::write(&marker, b"");
+        // Its time stamp is what matters: truncated, private, kept.
+        let _ = std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&marker);
         let keep = self.store.referenced_blobs()?;
         Ok(self.blobs.prune(&keep, crate::blobs::STALE))
     }

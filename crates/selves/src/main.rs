@@ -97,6 +97,7 @@ enum Command {
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    end_quietly_on_a_closed_stdout();
     // The daemon also logs to its home's logs/ folder.
     let log_file = match &cli.command {
         Command::Daemon(_) => home::Home::locate(cli.home.clone())
@@ -169,8 +170,34 @@ fn init_logging(verbose: u8, daemon: bool, file: Option<daemon::logfile::LogFile
             .with_ansi(false)
             .with_writer(std::io::stderr.and(file))
             .init(),
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only on a terminal: never into a pipe or a log file.
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
+}
+
+/// `selves search … | head -1`: when the reader of standard output goes
+/// away, the command ends there, quietly and successfully, as `export`
+/// always did. Rust ignores SIGPIPE (a server must never die of a peer
+/// that hung up), so `println!` meets a closed pipe as an error and
+/// panics with this message; the hook turns exactly that panic into a
+/// quiet exit and leaves every other panic as it was.
+fn end_quietly_on_a_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// glibc gives each thread that allocates its own arena, and memory freed

@@ -50,6 +50,9 @@ pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()>
     } else {
         args.text.join(" ")
     };
+    if text.trim().is_empty() {
+        anyhow::bail!("nothing to remember: the text is empty");
+    }
     let now = now_ms();
     let previous = match &args.msg_id {
         Some(id) => store.get_row(&args.source, &args.conversation, id)?,
@@ -342,12 +345,12 @@ pub fn search(home: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<()> {
             };
             println!(
                 "[{}] {}/{} {} {}: {}",
-                by,
-                r.source,
-                r.conversation_id,
+                output::printable(&by),
+                output::printable(&r.source),
+                output::printable(&r.conversation_id),
                 output::date(r.ts),
-                r.role,
-                h.snippet
+                output::printable(&r.role),
+                output::printable(&h.snippet)
             );
         }
     }

@@ -245,8 +245,10 @@ fn print_result((result, _): &(PeerResult, Option<u8>)) {
             println!("{}: synced in {} ms", result.peer, r.elapsed_ms);
             if r.pulled + r.pushed > 0 {
                 println!(
-                    "  memory: pulled {} records, pushed {} ({} rows changed here)",
-                    r.pulled, r.pushed, r.changed_rows
+                    "  memory: pulled {}, pushed {} ({} changed here)",
+                    output::count(r.pulled, "record", "records"),
+                    r.pushed,
+                    output::count(r.changed_rows, "row", "rows")
                 );
             }
         }

@@ -18,8 +18,8 @@ fn path(home: &Path) -> PathBuf {
 
 fn open(home: &Path) -> anyhow::Result<std::fs::File> {
     let path = path(home);
-    std::fs::create_dir_all(path.parent().expect("a lock has a folder"))?;
-    std::fs::OpenOptions::new()
+    private_dir(path.parent().expect("a lock has a folder"))?;
+    std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
         .create(true)
         .truncate(false)
         .read(true)
@@ -60,4 +60,13 @@ pub fn running(home: &Path) -> anyhow::Result<Option<u32>> {
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     Ok(Some(text.trim().parse().unwrap_or(0)))
+}
+
+/// Creates `dir` (and its parents) private to the user: 0700.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }

@@ -37,7 +37,7 @@ impl LogFile {
     }
 
     fn with_limit(dir: &Path, max: u64) -> io::Result<LogFile> {
-        std::fs::create_dir_all(dir)?;
+        crate::daemon::lock::private_dir(dir)?;
         let path = dir.join("daemon.log");
         let file = open(&path)?;
         let len = file.metadata()?.len();

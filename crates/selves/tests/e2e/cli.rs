@@ -16,6 +16,7 @@ fn init_makes_private_files_and_is_a_no_op_the_second_time() {
         "search.db",
         "tls/cert.pem",
         "tls/key.pem",
+        "node.key",
     ] {
         let mode = std::fs::metadata(n.home().join(f))
             .unwrap()
@@ -305,4 +306,93 @@ fn the_demo_runs_and_converges() {
     let both = format!("{merged}{copy}");
     assert!(both.contains("backups: hourly"), "{both}");
     assert!(both.contains("backups: nightly, kept 30 days"), "{both}");
+}
+
+/// `selves search … | head -1`: the reader goes away after one line, and
+/// the command ends quietly instead of panicking on the broken pipe.
+#[test]
+fn a_closed_pipe_ends_a_report_quietly() {
+    let n = Node::new("laptop");
+    n.import(&rows("p", "c", 3000, 200));
+    // Both print far more than a pipe holds (64 KiB), so the writes meet
+    // the closed pipe.
+    for args in [&["search", "lorem", "--limit", "3000"][..], &["export"]] {
+        let mut child = n
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        // Read one byte (or nothing, for a short report), then close.
+        let _ = std::io::Read::read(&mut out, &mut first);
+        drop(out);
+        let done = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            done.status.success(),
+            "{args:?}: {:?} {stderr}",
+            done.status
+        );
+    }
+}
+
+/// Text from a row is shown, never obeyed: escape sequences in it (which
+/// could recolour the terminal or, through OSC 52, write the clipboard)
+/// print as escapes; `--json` keeps the text exactly.
+#[test]
+fn control_characters_in_memory_are_escaped_on_a_terminal_and_kept_in_json() {
+    let n = Node::new("laptop");
+    let hostile = "clip \u{1b}]52;c;ZXZpbA==\u{7} red \u{1b}[31m done";
+    n.import(&[
+        json!({"source": "s", "conversation_id": "c\u{1b}[2J", "msg_id": "1",
+        "role": "user", "text": hostile, "ts": 1}),
+    ]);
+    let out = n.ok(&["search", "clip"]);
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]52"), "{out:?}");
+    let json = n.json(&["search", "clip", "--json"]);
+    assert!(json[0]["text"].as_str().unwrap().contains("\u{1b}]52;c;"));
+}
+
+#[test]
+fn an_empty_memory_is_refused_and_counts_read_naturally() {
+    let hub = Node::new("hub");
+    let server = hub.serve(&[]);
+    let n = Node::new("laptop");
+    n.pair(&hub, &server, "hub");
+    for empty in ["", "   "] {
+        let r = n.run(&["remember", empty]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("nothing to remember"), "{r:?}");
+    }
+    assert_eq!(n.rows(), 0);
+    hub.ok(&["remember", "one"]);
+    let out = n.ok(&["sync"]);
+    assert!(out.contains("pulled 1 record,"), "{out}");
+    assert!(out.contains("(1 row changed here)"), "{out}");
+}
+
+/// Logs carry no colour codes when stderr is not a terminal.
+#[test]
+fn logs_into_a_pipe_have_no_colours() {
+    let n = Node::new("laptop");
+    let r = n
+        .command(&["-vv", "status"])
+        .env("SELVES_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    // And something was logged at all, so the check means something.
+    let r = n
+        .command(&["sync", "nowhere"])
+        .env("SELVES_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!stderr.is_empty());
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }

@@ -213,3 +213,47 @@ fn status_brief_is_quiet_when_well_and_loud_when_a_peer_is_down() {
     spoke.fails(&["peer", "set", "nobody", "--down-after", "1h"], 1);
     spoke.fails(&["peer", "set", "hub", "--down-after", "soon"], 2);
 }
+
+/// Everything a daemon leaves in the home (locks, logs, the blob store's
+/// marker, the share's lock) is as private as the rest: files 0600,
+/// folders 0700.
+#[test]
+fn every_file_the_daemon_leaves_in_the_home_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = Node::new("hub");
+    let server = hub.serve(&[]);
+    let node = Node::new("laptop");
+    node.pair(&hub, &server, "hub");
+    let dir = shared(&node, "notes");
+    std::fs::write(dir.join("a.md"), "hello\n").unwrap();
+    let daemon = node.daemon(&[]);
+    assert!(wait_until(20, || node.daemon_log().contains("synced")
+        || hub.rows() > 0
+        || node.home().join("locks").join("share-notes.lock").exists()));
+    node.ok(&["sync"]);
+    daemon.terminate(10);
+    let mut seen = 0;
+    let mut stack = vec![node.home()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                assert_eq!(mode, 0o700, "{} has mode {mode:o}", path.display());
+                stack.push(path);
+            } else {
+                assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    for f in [
+        "locks/daemon.lock",
+        "logs/daemon.log",
+        "locks/share-notes.lock",
+    ] {
+        assert!(node.home().join(f).exists(), "{f} was not made");
+    }
+    assert!(seen > 8, "{seen} files");
+}

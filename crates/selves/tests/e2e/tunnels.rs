@@ -60,11 +60,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-pub(crate) fn sshd() -> Sshd {
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+/// A real sshd on a loopback port, or `None` (with a visible line) on a
+/// developer's machine that has none. CI always has one (`.ci/run`
+/// installs it): there a missing sshd fails the test.
+pub(crate) fn sshd() -> Option<Sshd> {
+    let Some(sshd) = ["/usr/sbin/sshd", "/usr/bin/sshd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
-        .expect("sshd is not installed: apt-get install openssh-server (see .ci/run)");
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "sshd is not installed: apt-get install openssh-server (see .ci/run)"
+        );
+        eprintln!("skipping: sshd is not installed (apt-get install openssh-server)");
+        return None;
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     keygen(&d.join("host_key"));
@@ -99,12 +109,12 @@ pub(crate) fn sshd() -> Sshd {
         .unwrap()
         .trim()
         .to_owned();
-    Sshd {
+    Some(Sshd {
         child,
         port,
         dir,
         user,
-    }
+    })
 }
 
 /// The ssh processes whose parent is `pid`.
@@ -213,7 +223,7 @@ fn hub_has(hub: &Node, n: u64) -> bool {
 
 #[test]
 fn sync_runs_through_the_tunnel_and_a_killed_ssh_is_replaced() {
-    let sshd = sshd();
+    let Some(sshd) = sshd() else { return };
     let hub = Node::new("hub");
     let server = hub.serve(&[]);
     let (spoke, _) = spoke_behind_tunnel(&hub, server.addr.port(), &sshd, &sshd.key());
@@ -283,7 +293,7 @@ fn sync_runs_through_the_tunnel_and_a_killed_ssh_is_replaced() {
 
 #[test]
 fn a_frozen_ssh_is_found_by_the_health_check_and_recycled() {
-    let sshd = sshd();
+    let Some(sshd) = sshd() else { return };
     let hub = Node::new("hub");
     let server = hub.serve(&[]);
     let (spoke, _) = spoke_behind_tunnel(&hub, server.addr.port(), &sshd, &sshd.key());
@@ -328,7 +338,7 @@ fn a_frozen_ssh_is_found_by_the_health_check_and_recycled() {
 
 #[test]
 fn a_refused_key_stops_the_tunnel_and_says_so_without_retrying() {
-    let sshd = sshd();
+    let Some(sshd) = sshd() else { return };
     let hub = Node::new("hub");
     let server = hub.serve(&[]);
     let wrong = sshd.dir.path().join("wrong_key");
@@ -363,7 +373,7 @@ fn a_refused_key_stops_the_tunnel_and_says_so_without_retrying() {
 
 #[test]
 fn two_tunnels_to_two_hubs_stay_independent() {
-    let sshd = sshd();
+    let Some(sshd) = sshd() else { return };
     let a = Node::new("hub-a");
     let server_a = a.serve(&[]);
     let b = Node::new("hub-b");
