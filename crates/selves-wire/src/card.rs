@@ -61,6 +61,10 @@ impl NodeCard {
 
     /// Refuses a card whose text fields could not be rendered on one line.
     pub fn check(&self) -> Result<(), String> {
+        crate::row::check_ms("updated_at", self.updated_at).map_err(|e| e.to_string())?;
+        if let Some(ms) = self.last_sync_at {
+            crate::row::check_ms("last_sync_at", ms).map_err(|e| e.to_string())?;
+        }
         for (what, value) in [
             ("role", &self.role),
             ("location", &self.location),

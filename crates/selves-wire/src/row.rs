@@ -18,6 +18,26 @@ pub const MAX_METADATA_BYTES: usize = 256 << 10;
 pub const MAX_ID_BYTES: usize = 1024;
 /// Longest short field (`role`, `sender`, `channel`, `origin`, `uuid`).
 pub const MAX_SHORT_BYTES: usize = 256;
+/// The range of `ts` (seconds): year 1 to the end of year 9999, so every
+/// timestamp can be shown as a date.
+pub const MIN_TS: i64 = -62_135_596_800;
+pub const MAX_TS: i64 = 253_402_300_799;
+/// The range of millisecond times (`edited_at`, a card's stamps): the
+/// Unix epoch to the end of year 9999.
+pub const MAX_MS: i64 = MAX_TS * 1000 + 999;
+
+/// Checks a millisecond time against [`MAX_MS`] (and the epoch).
+pub fn check_ms(field: &'static str, ms: i64) -> Result<(), RowError> {
+    if (0..=MAX_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(RowError::OutOfRange {
+            field,
+            value: ms,
+            range: "0 to 253402300799999 ms (1970 to the end of 9999)",
+        })
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Row {
@@ -85,6 +105,12 @@ pub enum RowError {
     },
     #[error("not a valid row: {0}")]
     Malformed(String),
+    #[error("{field} is {value}, outside {range}")]
+    OutOfRange {
+        field: &'static str,
+        value: i64,
+        range: &'static str,
+    },
 }
 
 /// The 16-byte identity of a synced row, derived from
@@ -125,6 +151,16 @@ impl Row {
         max_len_opt("channel", &self.channel, MAX_SHORT_BYTES)?;
         max_len_opt("origin", &self.origin, MAX_SHORT_BYTES)?;
         max_len("text", &self.text, MAX_TEXT_BYTES)?;
+        if !(MIN_TS..=MAX_TS).contains(&self.ts) {
+            return Err(RowError::OutOfRange {
+                field: "ts",
+                value: self.ts,
+                range: "-62135596800 to 253402300799 s (years 1 to 9999)",
+            });
+        }
+        if let Some(ms) = self.edited_at {
+            check_ms("edited_at", ms)?;
+        }
         max_len_opt("metadata", &self.metadata, MAX_METADATA_BYTES)?;
         if let Some(c) = &self.conversation {
             max_len_opt("conversation.title", &c.title, MAX_ID_BYTES)?;

@@ -125,12 +125,23 @@ pub struct TrustHealth {
     pub refusals: Vec<selves_store::RefusalCount>,
     /// (token's peer, refused node, address, when).
     pub token_claims: Vec<(String, String, Option<String>, Millis)>,
+    /// When a daemon that died without stopping was last alive.
+    pub daemon_died_at: Option<Millis>,
 }
 
 /// How long a refusal keeps status degraded after it last happened.
 pub const REFUSAL_SHOWN_MS: Millis = 7 * 24 * 3600 * 1000;
 
 fn trust_problems(t: &TrustHealth, now: Millis, out: &mut Vec<Problem>) {
+    if let Some(at) = t.daemon_died_at {
+        out.push(Problem {
+            severity: Severity::Degraded,
+            line: format!(
+                "⚠ the daemon died without stopping {} ago (killed, or crashed): nothing syncs by itself — start it again (`selves daemon`, or `selves service install`)",
+                span(now - at)
+            ),
+        });
+    }
     if let Some(why) = &t.clash {
         out.push(Problem {
             severity: Severity::Down,
@@ -538,6 +549,7 @@ mod tests {
                 last_reason: "signed with key 1234, which is not the key of node x".into(),
                 node: "0123456789abcdef0123456789ab5e1f".into(),
             }],
+            daemon_died_at: None,
             // Old refusals fade.
             token_claims: vec![(
                 "laptop".into(),

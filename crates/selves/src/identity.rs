@@ -83,7 +83,7 @@ pub fn write_own(store: &Store, edit: impl FnOnce(&mut NodeCard)) -> anyhow::Res
 
 /// "2026-11-22 10:35 UTC" for a millisecond timestamp.
 fn minute(ms: i64) -> String {
-    let secs = ms.max(0) / 1000;
+    let secs = ms.clamp(0, selves_wire::row::MAX_MS) / 1000;
     let t = std::time::UNIX_EPOCH + Duration::from_secs((secs - secs % 60) as u64);
     let iso = humantime::format_rfc3339_seconds(t).to_string();
     format!("{} {} UTC", &iso[..10], &iso[11..16])

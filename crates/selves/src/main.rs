@@ -79,6 +79,9 @@ enum Command {
     Status(commands::node::StatusArgs),
     /// What each node says of itself (role, location, interface); `set` for this one
     Identity {
+        /// Print JSON (as `identity show --json`)
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         command: Option<commands::identity::IdentityCommand>,
     },
@@ -139,7 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Conflicts(a) => commands::shares::conflicts(home, a),
         Command::Verify(a) => commands::sync::verify(home, a),
         Command::Status(a) => commands::node::status(home, a),
-        Command::Identity { command } => commands::identity::identity(home, command),
+        Command::Identity { json, command } => commands::identity::identity(
+            home,
+            command.or(json.then_some(commands::identity::IdentityCommand::Show { json })),
+        ),
         Command::Check(a) => commands::node::check(home, a),
         Command::Tunnel(c) => commands::tunnel::tunnel(home, c),
         Command::Service(c) => commands::service::service(home, c),

@@ -67,7 +67,7 @@ pub fn now_ms() -> i64 {
 
 /// "3m 12s ago", "in 5m", for a millisecond timestamp.
 pub fn ago(ms: i64) -> String {
-    let delta = now_ms() - ms;
+    let delta = now_ms().saturating_sub(ms);
     let rounded = |d: i64| {
         let secs = d.unsigned_abs() / 1000;
         let secs = if secs >= 3600 { secs - secs % 60 } else { secs };
@@ -84,9 +84,11 @@ pub fn ago(ms: i64) -> String {
     }
 }
 
-/// RFC 3339 for a timestamp in seconds.
+/// RFC 3339 for a timestamp in seconds (clamped to 1970–9999: what is
+/// stored is checked against that range, and display never fails).
 pub fn date(secs: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    let secs = secs.clamp(0, selves_wire::row::MAX_TS);
+    let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

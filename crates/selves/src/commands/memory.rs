@@ -54,8 +54,25 @@ pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()>
         anyhow::bail!("nothing to remember: the text is empty");
     }
     let now = now_ms();
-    let previous = match &args.msg_id {
-        Some(id) => store.get_row(&args.source, &args.conversation, id)?,
+    let mut args = args;
+    let previous = match args.msg_id.clone() {
+        Some(id) => match store.get_row(&args.source, &args.conversation, &id)? {
+            Some(row) => Some(row),
+            // What `remember` prints, `SOURCE/CONVERSATION/ID`, names the
+            // row it wrote: take it as that row.
+            None => match id.splitn(3, '/').collect::<Vec<_>>()[..] {
+                [source, conversation, msg] => {
+                    let found = store.get_row(source, conversation, msg)?;
+                    if found.is_some() {
+                        args.source = source.to_owned();
+                        args.conversation = conversation.to_owned();
+                        args.msg_id = Some(msg.to_owned());
+                    }
+                    found
+                }
+                _ => None,
+            },
+        },
         None => None,
     };
     let msg_id = args.msg_id.clone().unwrap_or_else(new_uuid);
@@ -108,12 +125,11 @@ pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()>
         bail!("not remembered: {why}");
     }
     store.catch_up_index(|_| {})?;
-    println!(
-        "{} {}/{}/{msg_id}",
-        if edit { "edited" } else { "remembered" },
-        args.source,
-        args.conversation
-    );
+    let id = format!("{}/{}/{msg_id}", args.source, args.conversation);
+    println!("{} {id}", if edit { "edited" } else { "remembered" });
+    if !edit && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        eprintln!("to edit it: selves remember --msg-id {id} NEW TEXT");
+    }
     Ok(())
 }
 

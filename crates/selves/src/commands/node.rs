@@ -170,9 +170,13 @@ struct TokenStatus {
 }
 
 /// What status shows about trust (see [`health::TrustHealth`]).
-pub fn trust_health(store: &selves_store::Store) -> anyhow::Result<health::TrustHealth> {
+pub fn trust_health(
+    store: &selves_store::Store,
+    home: &std::path::Path,
+) -> anyhow::Result<health::TrustHealth> {
     let me = store.me().id.clone();
     Ok(health::TrustHealth {
+        daemon_died_at: crate::daemon::died_at(home),
         clash: store.clash()?,
         // A fork of this node's own log is the clash above, or a restore
         // being recovered: not a line of its own.
@@ -218,7 +222,7 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             detail: t.detail,
         })
         .collect();
-    let trust = trust_health(&store)?;
+    let trust = trust_health(&store, &home.dir)?;
     let problems = health::problems(
         &peers.iter().map(|p| p.health.clone()).collect::<Vec<_>>(),
         &shares,
@@ -350,9 +354,15 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             ago(at)
         );
     }
-    match status.daemon {
-        Some(pid) => println!("daemon: running (pid {pid})"),
-        None => println!("daemon: not running (`selves daemon`, or `selves service install`)"),
+    match (status.daemon, crate::daemon::died_at(&home.dir)) {
+        (Some(pid), _) => println!("daemon: running (pid {pid})"),
+        (None, Some(at)) => println!(
+            "daemon: NOT RUNNING: it died without stopping, last alive {}",
+            ago(at)
+        ),
+        (None, None) => {
+            println!("daemon: not running (`selves daemon`, or `selves service install`)")
+        }
     }
     if status.problems.is_empty() {
         println!("health: all well");

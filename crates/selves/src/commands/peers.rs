@@ -65,10 +65,12 @@ fn random_token() -> anyhow::Result<Token> {
     Ok(Token::from_bytes(bytes))
 }
 
-/// The host and port peers should dial, from flags or the listen address.
+/// The host and port peers should dial, from flags, else the address the
+/// running daemon listens on, else the configured listen address.
 fn dial_address(home: &Home, host: Option<String>, port: Option<u16>) -> (String, u16, bool) {
     let listen = home.config.server.listen.as_deref();
-    let parsed = listen.and_then(|l| l.parse::<std::net::SocketAddr>().ok());
+    let parsed = crate::daemon::listening(&home.dir)
+        .or_else(|| listen.and_then(|l| l.parse::<std::net::SocketAddr>().ok()));
     let port = port.or(parsed.map(|a| a.port())).unwrap_or(DEFAULT_PORT);
     match host {
         Some(h) => (h, port, false),

@@ -17,7 +17,8 @@ use crate::home::{DEFAULT_PORT, Home};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: server.listen in config.toml, else 127.0.0.1:8765]
+    /// Address to listen on [default: server.listen in config.toml; else
+    /// `serve` listens on 127.0.0.1:8765, and the daemon serves nothing]
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Largest request body accepted, in bytes (after decompression)

@@ -62,6 +62,70 @@ pub fn running(home: &Path) -> anyhow::Result<Option<u32>> {
     Ok(Some(text.trim().parse().unwrap_or(0)))
 }
 
+fn address_path(home: &Path) -> PathBuf {
+    home.join("locks").join("daemon.addr")
+}
+
+/// Notes the address the running daemon listens on.
+pub(crate) fn note_address(home: &Path, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    crate::home::write_private(&address_path(home), addr.to_string().as_bytes())
+}
+
+/// The address a running daemon of `home` listens on, if one runs and
+/// serves.
+pub fn listening(home: &Path) -> Option<std::net::SocketAddr> {
+    running(home).ok().flatten()?;
+    std::fs::read_to_string(address_path(home))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive_path(home: &Path) -> PathBuf {
+    home.join("locks").join("daemon.alive")
+}
+
+/// How often a running daemon says it is alive.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Touches `locks/daemon.alive` while the daemon runs, so a daemon that
+/// died without stopping (SIGKILL, a crash, the OOM killer) leaves a trace
+/// of when it was last alive, which `status` reports.
+pub(crate) async fn heartbeat(home: PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let path = alive_path(&home);
+    loop {
+        if let Err(e) = crate::home::write_private(&path, std::process::id().to_string().as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot note that the daemon is alive");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Removes what only a running daemon should leave.
+pub(crate) fn stopped_cleanly(home: &Path) {
+    let _ = std::fs::remove_file(alive_path(home));
+    let _ = std::fs::remove_file(address_path(home));
+}
+
+/// When a daemon that did not stop cleanly was last alive (ms), if one did
+/// and none runs now.
+pub fn died_at(home: &Path) -> Option<i64> {
+    if running(home).ok().flatten().is_some() {
+        return None;
+    }
+    let modified = std::fs::metadata(alive_path(home)).ok()?.modified().ok()?;
+    Some(
+        modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    )
+}
+
 /// Creates `dir` (and its parents) private to the user: 0700.
 pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;

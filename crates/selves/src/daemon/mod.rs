@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use crate::commands::serve::{ServeArgs, Signals, server_setup};
 use crate::home::Home;
 
-pub use lock::{DaemonLock, running};
+pub use lock::{DaemonLock, died_at, listening, running};
 
 /// How long running sync rounds may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -108,6 +108,10 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
                 let addr = listener.local_addr()?;
                 // One line on stdout for scripts, as `serve` prints.
                 println!("listening on {addr}");
+                // `invite` dials what the daemon really listens on.
+                if let Err(e) = lock::note_address(&home.dir, addr) {
+                    tracing::warn!(error = %e, "cannot note the listen address for invites");
+                }
                 use std::io::Write as _;
                 std::io::stdout().flush()?;
                 tracing::info!(node = %home.name(), %addr, "serving");
@@ -128,6 +132,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
         };
         tracing::info!(node = %home.name(), "daemon started");
         let identity = tokio::spawn(crate::identity::run(ctx.clone()));
+        let heartbeat = tokio::spawn(lock::heartbeat(home.dir.clone(), stop.clone()));
         let supervisor = tokio::spawn(supervise(ctx));
         signals.recv().await;
         tracing::info!("stopping: letting running rounds finish");
@@ -143,6 +148,9 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
                 Ok(Ok(())) => {}
             }
         }
+        let _ = heartbeat.await;
+        // A clean stop: nothing for `status` to warn about.
+        lock::stopped_cleanly(&home.dir);
         tracing::info!("daemon stopped");
         anyhow::Ok(())
     })

@@ -396,3 +396,34 @@ fn logs_into_a_pipe_have_no_colours() {
     assert!(!stderr.is_empty());
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+#[test]
+fn identity_takes_json_as_every_read_command_does() {
+    let n = Node::init("laptop", &["--role", "the laptop"]);
+    let a = n.json(&["identity", "--json"]);
+    assert_eq!(a, n.json(&["identity", "show", "--json"]));
+    assert_eq!(a[0]["role"], "the laptop");
+}
+
+/// The id `remember` prints is the one `--msg-id` takes: passing it back
+/// edits that row instead of making a second one.
+#[test]
+fn the_id_remember_prints_edits_the_row() {
+    let n = Node::new("laptop");
+    let out = n.ok(&[
+        "remember",
+        "--source",
+        "notes",
+        "--conversation",
+        "infra",
+        "first text",
+    ]);
+    let id = out.trim().strip_prefix("remembered ").unwrap().to_owned();
+    assert!(id.starts_with("notes/infra/"), "{id}");
+    let out = n.ok(&["remember", "--msg-id", &id, "second text"]);
+    assert_eq!(out.trim(), format!("edited {id}"));
+    let rows = n.export();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["text"], "second text");
+    assert_eq!(rows[0]["conversation_id"], "infra");
+}

@@ -257,3 +257,53 @@ fn every_file_the_daemon_leaves_in_the_home_is_private() {
     }
     assert!(seen > 8, "{seen} files");
 }
+
+/// `invite` puts in its line the port the running daemon listens on, not
+/// a default nobody serves on.
+#[test]
+fn invite_dials_the_port_the_daemon_listens_on() {
+    let hub = Node::new("hub");
+    let server = hub.daemon_serving(&[]);
+    let line = hub.ok(&["invite", "--peer", "laptop"]);
+    let blob = selves_wire::pair::PairBlob::decode(line.trim(), 0).unwrap();
+    assert_eq!(blob.port, server.addr.port(), "{line}");
+    let laptop = Node::new("laptop");
+    laptop.ok(&["pair", line.trim()]);
+    laptop.ok(&["sync"]);
+}
+
+/// A daemon killed with SIGKILL (its lock left behind, released by the
+/// kernel) shows as dead, with when it was last alive, and status is not
+/// "all well"; a clean stop leaves nothing to warn about.
+#[test]
+fn a_daemon_killed_with_sigkill_is_reported_dead() {
+    let node = Node::new("laptop");
+    let mut daemon = node.daemon(&[]);
+    assert!(wait_until(
+        10,
+        || node.json(&["status", "--json"])["daemon"] == daemon.child.id()
+    ));
+    assert!(wait_until(10, || node
+        .home()
+        .join("locks/daemon.alive")
+        .exists()));
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    let brief = node.fails(&["status", "--brief"], 1);
+    assert!(
+        brief.stdout.contains("the daemon died without stopping"),
+        "{brief:?}"
+    );
+    let full = node.ok(&["status"]);
+    assert!(full.contains("NOT RUNNING"), "{full}");
+    assert!(!full.contains("all well"), "{full}");
+    // Started again and stopped cleanly: quiet.
+    let again = node.daemon(&[]);
+    assert!(wait_until(
+        10,
+        || node.json(&["status", "--json"])["daemon"] == again.child.id()
+    ));
+    assert_eq!(again.terminate(10).code, 0);
+    let brief = node.run(&["status", "--brief"]);
+    assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
+}

@@ -411,3 +411,67 @@ fn the_marker_endpoint_refuses_bad_input_and_writes_only_after_seeing() {
     assert_eq!(own["marker"], "m-2", "{cards}");
     h.node.ok(&["check"]);
 }
+
+/// Times outside years 1–9999 (a card stamped in the year 10000, a row's
+/// `ts` of 253402300800, `edited_at` of i64::MAX or MIN) are refused at the
+/// wire as void records, and nothing that displays times can fail.
+#[test]
+fn times_outside_the_documented_range_are_refused_and_never_crash_a_display() {
+    let h = hub(&[]);
+    let mut far = row("1", "far future");
+    far["row"]["ts"] = json!(253_402_300_800i64);
+    let mut max_edit = row("2", "edited at the end of time");
+    max_edit["row"]["edited_at"] = json!(i64::MAX);
+    let mut min_edit = row("3", "edited before time");
+    min_edit["row"]["edited_at"] = json!(i64::MIN);
+    let fine = row("4", "an ordinary row");
+    let resp = h.post(
+        "/v1/push",
+        &h.push_body(1, vec![far, max_edit, min_edit, fine]),
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let voided = resp.json()["voided"].as_array().unwrap().clone();
+    assert_eq!(voided.len(), 3, "{resp:?}");
+    assert!(
+        voided
+            .iter()
+            .all(|v| v["reason"].as_str().unwrap().contains("outside"))
+    );
+    let (card, _) = Prober::batch(
+        &h.prober.key,
+        &h.prober.id,
+        "nodes",
+        1,
+        None,
+        vec![
+            json!({"node": {"id": h.writer(), "name": "prober", "updated_at": 253_402_300_800_000i64}}),
+        ],
+    );
+    let resp = h.post(
+        "/v1/push",
+        &serde_json::to_vec(&json!({ "batches": [card] })).unwrap(),
+    );
+    assert_eq!(
+        resp.json()["voided"].as_array().unwrap().len(),
+        1,
+        "{resp:?}"
+    );
+    // What displays times works.
+    h.node.ok(&["identity", "page"]);
+    h.node.ok(&["search", "ordinary"]);
+    h.node.ok(&["status"]);
+    assert_eq!(h.node.rows(), 1);
+    // The same limits hold for what is captured here.
+    let file = h.node.dir.path().join("late.jsonl");
+    std::fs::write(
+        &file,
+        json!({"source": "s", "conversation_id": "c", "msg_id": "x", "role": "user",
+            "text": "late", "ts": 253_402_300_800i64})
+        .to_string(),
+    )
+    .unwrap();
+    let r = h.node.run(&["import", file.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("ts is 253402300800, outside"), "{r:?}");
+    assert_eq!(h.node.rows(), 1);
+}
