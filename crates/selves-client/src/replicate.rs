@@ -124,7 +124,10 @@ impl SyncReport {
             && self.peer_refused.is_empty()
             && self.pulled == 0
             && self.pushed == 0
-            && self.shares.iter().all(|s| s.pulled == 0 && s.pushed == 0)
+            && self
+                .shares
+                .iter()
+                .all(|s| s.pulled == 0 && s.pushed == 0 && s.error.is_none())
     }
 }
 

@@ -289,6 +289,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (peer, node_id)
     ) WITHOUT ROWID;
     "#,
+    // 9: a share that stopped itself (its folder missing, a mass delete
+    // held back, …) and why, until it syncs again: status says so.
+    r#"
+    ALTER TABLE shares ADD COLUMN stopped TEXT;
+    ALTER TABLE shares ADD COLUMN stopped_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -437,6 +437,38 @@ impl Store {
         .flatten())
     }
 
+    /// Notes that share `name` stopped (with why), or, with `None`, that
+    /// it synced again.
+    pub fn note_share_state(&self, name: &str, stopped: Option<&str>, now: Millis) -> Result<()> {
+        self.write(|tx| {
+            match stopped {
+                Some(why) => tx.execute(
+                    "UPDATE shares SET stopped = ?2, stopped_at = COALESCE(
+                        CASE WHEN stopped IS NULL THEN NULL ELSE stopped_at END, ?3)
+                     WHERE name = ?1 AND removed_at IS NULL",
+                    params![name, why, now],
+                )?,
+                None => tx.execute(
+                    "UPDATE shares SET stopped = NULL, stopped_at = NULL
+                     WHERE name = ?1 AND stopped IS NOT NULL",
+                    [name],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    /// Shares that stopped themselves: (name, why, since when).
+    pub fn stopped_shares(&self) -> Result<Vec<(String, String, Millis)>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare(
+            "SELECT name, stopped, stopped_at FROM shares
+             WHERE stopped IS NOT NULL AND removed_at IS NULL ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Paths of a share that are held back.
     pub fn held(&self, share: &Share) -> Result<Vec<Held>> {
         let r = self.reader()?;

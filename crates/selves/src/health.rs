@@ -90,6 +90,8 @@ pub struct ShareHealth {
     pub share: String,
     pub conflicts: usize,
     pub held: usize,
+    /// Why the share stopped itself, and since when, until it syncs again.
+    pub stopped: Option<(String, Millis)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -290,6 +292,17 @@ pub fn problems(
         out.push(Problem { severity, line });
     }
     for s in shares {
+        if let Some((why, since)) = &s.stopped {
+            out.push(Problem {
+                severity: Severity::Degraded,
+                line: format!(
+                    "⚠ share {} stopped {} ago — {}",
+                    s.share,
+                    span(now - since),
+                    shorten(why, 160)
+                ),
+            });
+        }
         let mut parts = Vec::new();
         match s.conflicts {
             0 => {}
@@ -496,11 +509,13 @@ mod tests {
                 share: "knowledge".into(),
                 conflicts: 2,
                 held: 1,
+                stopped: None,
             },
             ShareHealth {
                 share: "quiet".into(),
                 conflicts: 0,
                 held: 0,
+                stopped: None,
             },
         ];
         let p = problems(

@@ -306,6 +306,7 @@ fn list(store: &Arc<Store>, a: ListArgs) -> anyhow::Result<()> {
 /// Conflict copies and held-back files, per share.
 pub fn share_health(store: &Store) -> anyhow::Result<Vec<crate::health::ShareHealth>> {
     let mut out = Vec::new();
+    let stopped = store.stopped_shares()?;
     for share in store.shares()? {
         let conflicts = store
             .share_files(&share)?
@@ -316,6 +317,10 @@ pub fn share_health(store: &Store) -> anyhow::Result<Vec<crate::health::ShareHea
             share: share.name.to_string(),
             conflicts,
             held: store.held(&share)?.len(),
+            stopped: stopped
+                .iter()
+                .find(|(name, _, _)| name == share.name.as_str())
+                .map(|(_, why, at)| (why.clone(), *at)),
         });
     }
     Ok(out)
@@ -419,7 +424,15 @@ fn scan_shares(
         if !share.mode.sends() || !only(&share) {
             continue;
         }
-        match engine.scan(&share, allow_mass_delete, now_ms()) {
+        let scanned = engine.scan(&share, allow_mass_delete, now_ms());
+        let stopped = match &scanned {
+            Err(e @ (ShareError::RootMissing { .. } | ShareError::MassDelete { .. })) => {
+                Some(e.to_string())
+            }
+            _ => None,
+        };
+        store.note_share_state(share.name.as_str(), stopped.as_deref(), now_ms())?;
+        match scanned {
             Ok(report) => {
                 if verbose {
                     println!(

@@ -108,7 +108,7 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
             .as_ref()
             .is_some_and(|r| r.shares.iter().any(|s| s.error.is_some()));
         if !args.json {
-            print_result(&result);
+            print_result(&result, share_failed);
         }
         if let (None, Some(code)) = (first_failure, result.1) {
             first_failure = Some(code);
@@ -229,17 +229,40 @@ pub(crate) async fn sync_peer(
     if let Err(e) = store.record_attempt(&alias, &attempt, now_ms()) {
         tracing::warn!(error = %e, "cannot record the sync attempt");
     }
-    if let Ok(report) = &outcome
-        && let Err(e) = store.note_refusals(&alias, &report.refusals, now_ms())
-    {
-        tracing::warn!(error = %e, "cannot record refused records");
+    if let Ok(report) = &outcome {
+        if let Err(e) = store.note_refusals(&alias, &report.refusals, now_ms()) {
+            tracing::warn!(error = %e, "cannot record refused records");
+        }
+        // A share that stopped says so in status until it syncs again. A
+        // sending share is cleared by its next good scan (a round that
+        // moved nothing does not prove its folder is back).
+        for sh in &report.shares {
+            let sends = store
+                .share(&sh.share)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.mode.sends());
+            if sh.error.is_none() && sends {
+                continue;
+            }
+            if let Err(e) = store.note_share_state(&sh.share, sh.error.as_deref(), now_ms()) {
+                tracing::warn!(error = %e, "cannot record a share's state");
+            }
+        }
     }
     outcome
 }
 
-fn print_result((result, _): &(PeerResult, Option<u8>)) {
+/// `shares_stopped`: a share stopped before the round (its scan), so the
+/// round cannot be called "in sync" even if nothing moved.
+fn print_result((result, _): &(PeerResult, Option<u8>), shares_stopped: bool) {
     if let Some(r) = &result.report {
-        if r.up_to_date() {
+        if r.up_to_date() && shares_stopped {
+            println!(
+                "{}: memory in sync ({} ms), but a share stopped (above)",
+                result.peer, r.elapsed_ms
+            );
+        } else if r.up_to_date() {
             println!("{}: already in sync ({} ms)", result.peer, r.elapsed_ms);
         } else {
             println!("{}: synced in {} ms", result.peer, r.elapsed_ms);

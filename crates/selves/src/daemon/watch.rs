@@ -105,7 +105,23 @@ async fn load(ctx: &Ctx, name: &str) -> Option<Share> {
 async fn scan(ctx: &Ctx, share: &Share, last_error: &mut Option<String>) -> bool {
     let engine = ctx.engine.clone();
     let s = share.clone();
-    let result = tokio::task::spawn_blocking(move || engine.scan(&s, false, now_ms())).await;
+    let store = ctx.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let result = engine.scan(&s, false, now_ms());
+        // Status says a share stopped until a scan goes through again.
+        let stopped = match &result {
+            Err(
+                e @ (selves_share::ShareError::RootMissing { .. }
+                | selves_share::ShareError::MassDelete { .. }),
+            ) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Err(e) = store.note_share_state(s.name.as_str(), stopped.as_deref(), now_ms()) {
+            tracing::warn!(error = %e, "cannot record a share's state");
+        }
+        result
+    })
+    .await;
     match result {
         Ok(Ok(report)) => {
             if report.changed + report.deleted + report.appended > 0 {

@@ -983,3 +983,32 @@ fn blob_endpoints_refuse_bad_input_clearly() {
     );
     hub.assert_intact();
 }
+
+/// A share that stopped itself (its folder gone) is never called in sync:
+/// `sync` says it stopped, `status --brief` says so until it syncs again.
+#[test]
+fn a_stopped_share_is_loud_until_it_syncs_again() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    share(&hub, "knowledge", &[]);
+    let ad = share(a, "knowledge", &[]);
+    put(&ad, "note.md", b"hello\n");
+    sync(a);
+    let moved = a.dir.path().join("moved-away");
+    std::fs::rename(&ad, &moved).unwrap();
+    let r = a.run(&["sync"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("share stopped"), "{r:?}");
+    assert!(!r.stdout.contains("already in sync"), "{r:?}");
+    let brief = a.fails(&["status", "--brief"], 1);
+    assert!(
+        brief.stdout.contains("share knowledge stopped"),
+        "{brief:?}"
+    );
+    assert!(brief.stdout.contains("missing"), "{brief:?}");
+    std::fs::rename(&moved, &ad).unwrap();
+    sync(a);
+    let brief = a.run(&["status", "--brief"]);
+    assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
+    hub.assert_intact();
+}
