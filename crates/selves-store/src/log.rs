@@ -74,6 +74,11 @@ pub(crate) const INSERT_RECORD: &str =
     "INSERT INTO records (node, stream, seq, target, void, digest, chain, sig)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
+/// A memory record received superseded: no row, but its conversation.
+const INSERT_SUPERSEDED: &str =
+    "INSERT INTO records (node, stream, seq, target, void, digest, chain, sig, conv)
+     VALUES (?1, ?2, ?3, NULL, NULL, ?4, ?5, ?6, ?7)";
+
 /// Appends to this node's own log within one transaction, chaining and
 /// signing each record (see [`crate::chain`]).
 pub(crate) struct OwnLog<'k> {
@@ -423,10 +428,23 @@ impl Store {
                             conversation,
                             ..
                         } if !cards => {
-                            if mat.join_conversation(source, conversation_id, conversation)? {
+                            let (conv, changed) =
+                                mat.join_conversation(source, conversation_id, conversation)?;
+                            if changed {
                                 summary.changed_rows += 1;
                             }
-                            (None, None)
+                            let (d, chain) = &v.links[i];
+                            tx.prepare_cached(INSERT_SUPERSEDED)?.execute(params![
+                                node,
+                                stream,
+                                seq as i64,
+                                &d.0[..],
+                                &chain.0[..],
+                                sigs.get(&seq).map(|s| &s.0[..]),
+                                conv,
+                            ])?;
+                            summary.accepted += 1;
+                            continue;
                         }
                         Record::Superseded { .. } => (None, None),
                     };
@@ -582,10 +600,13 @@ impl Store {
         let mut out = RangeRead::default();
         let mut bytes = 0usize;
         let mut stmt = r.prepare_cached(&format!(
-            "SELECT r.seq, r.void, r.digest, r.sig, m.hash, {ROW_COLUMNS}
+            "SELECT r.seq, r.void, r.digest, r.sig, m.hash, {ROW_COLUMNS},
+                    k.source, k.conversation_id, k.title, k.first_ts, k.last_ts,
+                    k.project_path, k.parent_conversation_id
              FROM records r
              LEFT JOIN messages m ON m.id = r.target
              LEFT JOIN conversations c ON c.id = m.conv
+             LEFT JOIN conversations k ON k.id = r.conv
              WHERE r.node = ?1 AND r.stream = ?2 AND r.seq > ?3
              ORDER BY r.seq LIMIT ?4"
         ))?;
@@ -662,7 +683,22 @@ impl Store {
                             }
                         }
                         None if is_legacy => Record::Void("the row is missing".into()),
-                        None => Record::Omitted(digest),
+                        // Received superseded: its conversation travels on.
+                        None => match row.get::<_, Option<String>>(22)? {
+                            Some(source) => Record::Superseded {
+                                d: digest,
+                                source,
+                                conversation_id: row.get(23)?,
+                                conversation: selves_wire::ConversationMeta {
+                                    title: row.get(24)?,
+                                    first_ts: row.get(25)?,
+                                    last_ts: row.get(26)?,
+                                    project_path: row.get(27)?,
+                                    parent_conversation_id: row.get(28)?,
+                                },
+                            },
+                            None => Record::Omitted(digest),
+                        },
                     },
                     // A card record serves its node's newest card.
                     None if cards => {

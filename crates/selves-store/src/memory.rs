@@ -187,13 +187,14 @@ impl<'t, 'c> Materialiser<'t, 'c> {
     }
 
     /// Joins a conversation view that travelled without its row (a
-    /// superseded record's). Returns whether the conversation changed.
+    /// superseded record's). Returns the conversation's id and whether it
+    /// changed.
     pub(crate) fn join_conversation(
         &mut self,
         source: String,
         conversation_id: String,
         meta: ConversationMeta,
-    ) -> Result<bool> {
+    ) -> Result<(i64, bool)> {
         let carrier = Row {
             source,
             conversation_id,
@@ -209,7 +210,7 @@ impl<'t, 'c> Materialiser<'t, 'c> {
             origin: None,
             conversation: Some(meta),
         };
-        Ok(self.contribute(&carrier, true)?.1)
+        self.contribute(&carrier, true)
     }
 
     fn put_message(

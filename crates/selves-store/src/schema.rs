@@ -290,10 +290,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 9: a share that stopped itself (its folder missing, a mass delete
-    // held back, …) and why, until it syncs again: status says so.
+    // held back, …) and why, until it syncs again: status says so. The
+    // conversation of a memory record received superseded (without its
+    // row), so it is served with that conversation's metadata in turn.
     r#"
     ALTER TABLE shares ADD COLUMN stopped TEXT;
     ALTER TABLE shares ADD COLUMN stopped_at INTEGER;
+    ALTER TABLE records ADD COLUMN conv INTEGER;
     "#,
 ];
 

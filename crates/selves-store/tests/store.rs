@@ -405,7 +405,8 @@ fn node_cards_relay_newest_wins_and_forged_cards_are_void() {
     // B may not speak for C: a card for C in B's log is void, and C's
     // card held elsewhere is untouched.
     let forged =
-        selves_wire::card::NodeCard::new(c.store.me().id.clone(), "c".parse().unwrap(), i64::MAX);
+        // Stamped past any real card, so only the rule keeps it out.
+        selves_wire::card::NodeCard::new(c.store.me().id.clone(), "c".parse().unwrap(), selves_wire::row::MAX_MS);
     let batch = signed(
         &b,
         &key(2),

@@ -165,6 +165,48 @@ struct ImportReport {
     unreadable: Vec<(u64, String)>,
 }
 
+/// The longest line `import` reads: a row of the largest text (1 MiB)
+/// and metadata (256 KiB), every character escaped six bytes long, fits.
+const MAX_IMPORT_LINE: usize = 8 << 20;
+
+/// Reads one line into `line`, keeping at most `cap` bytes of it. Returns
+/// `None` at the end of input, `Some(false)` for a line longer than
+/// `cap` (the rest of it is read and dropped, never held in memory).
+fn read_line_capped(
+    reader: &mut impl std::io::BufRead,
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<bool>> {
+    let mut whole = true;
+    let mut any = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(any.then_some(whole));
+        }
+        any = true;
+        let (chunk, done) = match memchr_newline(buf) {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        if whole && line.len() + n <= cap {
+            line.extend_from_slice(chunk);
+        } else {
+            whole = false;
+            line.clear();
+        }
+        reader.consume(n);
+        if done {
+            return Ok(Some(whole));
+        }
+    }
+}
+
+fn memchr_newline(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
 pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
@@ -208,13 +250,22 @@ pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
     };
     loop {
         line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
+        let read = read_line_capped(&mut reader, &mut line, MAX_IMPORT_LINE)
             .with_context(|| format!("cannot read {}", args.file.display()))?;
-        if n == 0 {
+        let Some(whole) = read else {
             break;
-        }
+        };
         report.lines += 1;
+        if !whole {
+            report.unreadable.push((
+                report.lines,
+                format!(
+                    "longer than {} MiB, more than any row may be: skipped unread",
+                    MAX_IMPORT_LINE >> 20
+                ),
+            ));
+            continue;
+        }
         let text = match std::str::from_utf8(&line) {
             Ok(t) => t.trim(),
             Err(e) => {

@@ -106,12 +106,13 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
             Some(setup) => {
                 let listener = tokio::net::TcpListener::from_std(setup.listener)?;
                 let addr = listener.local_addr()?;
-                // One line on stdout for scripts, as `serve` prints.
-                println!("listening on {addr}");
-                // `invite` dials what the daemon really listens on.
+                // `invite` dials what the daemon really listens on (noted
+                // before anyone is told it listens).
                 if let Err(e) = lock::note_address(&home.dir, addr) {
                     tracing::warn!(error = %e, "cannot note the listen address for invites");
                 }
+                // One line on stdout for scripts, as `serve` prints.
+                println!("listening on {addr}");
                 use std::io::Write as _;
                 std::io::stdout().flush()?;
                 tracing::info!(node = %home.name(), %addr, "serving");

@@ -427,3 +427,46 @@ fn the_id_remember_prints_edits_the_row() {
     assert_eq!(rows[0]["text"], "second text");
     assert_eq!(rows[0]["conversation_id"], "infra");
 }
+
+/// A line far longer than any row is refused without ever being held in
+/// memory whole, and the lines around it are imported.
+#[test]
+fn an_oversized_import_line_is_refused_while_streaming() {
+    let n = Node::new("laptop");
+    let path = n.dir.path().join("huge.jsonl");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let row = |id: &str| {
+            json!({"source": "s", "conversation_id": "c", "msg_id": id, "role": "user",
+                "text": format!("row {id}"), "ts": 1})
+            .to_string()
+        };
+        writeln!(f, "{}", row("1")).unwrap();
+        f.write_all(br#"{"source": "s", "conversation_id": "c", "msg_id": "big", "role": "user", "ts": 1, "text": ""#)
+            .unwrap();
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..150 {
+            f.write_all(&chunk).unwrap();
+        }
+        writeln!(f, "\"}}").unwrap();
+        writeln!(f, "{}", row("3")).unwrap();
+    }
+    let child = n
+        .command(&["import", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child spawned above, whose pid we own.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid);
+    let peak_mb = usage.ru_maxrss / 1024;
+    assert!(peak_mb < 100, "import held the line: peak RSS {peak_mb} MB");
+    assert_eq!(libc::WEXITSTATUS(status), 1, "one line refused");
+    let texts: Vec<_> = n.export().iter().map(|r| r["text"].clone()).collect();
+    assert_eq!(texts, [json!("row 1"), json!("row 3")]);
+}
