@@ -1,6 +1,6 @@
 //! `remember`, `import`, `export`, `search`: memory on this node.
 
-use std::io::{BufRead as _, BufWriter, Read as _, Write as _};
+use std::io::{BufWriter, Read as _, Write as _};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};

@@ -431,6 +431,8 @@ fn the_id_remember_prints_edits_the_row() {
 /// A line far longer than any row is refused without ever being held in
 /// memory whole, and the lines around it are imported.
 #[test]
+// The child is reaped by wait4 (which also gives its peak memory).
+#[allow(clippy::zombie_processes)]
 fn an_oversized_import_line_is_refused_while_streaming() {
     let n = Node::new("laptop");
     let path = n.dir.path().join("huge.jsonl");
