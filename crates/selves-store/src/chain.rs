@@ -728,7 +728,9 @@ impl Store {
             let mut cut = 0;
             for a in news {
                 let node = crate::log::node_index(tx, &a.node, None)?;
-                if !bind_key(tx, node, &a.node, &a.key)? {
+                // A withdrawal binds no key: it counts only from the key
+                // the node's id derives from, or the one already bound.
+                if !a.key.speaks_for(&a.node, bound_key(tx, node)?.as_ref()) {
                     continue;
                 }
                 let Some(stream) = self.stream_index_of(tx, &a.stream)? else {
