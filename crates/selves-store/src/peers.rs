@@ -28,6 +28,8 @@ pub struct TokenGrant {
     pub last_addr: Option<String>,
     /// Nodes refused because the token is bound to another: (node, address, when).
     pub refused: Vec<(String, Option<String>, Millis)>,
+    /// After how long without a call the peer counts as down (`None`: an hour).
+    pub down_after_ms: Option<i64>,
 }
 
 impl TokenGrant {
@@ -350,7 +352,8 @@ impl Store {
         let r = self.reader()?;
         let mut stmt = r.prepare(
             "SELECT peer, created_at, claim_by, claimed_at, revoked_at, last_seen_at,
-                    invite_host, invite_port, node_id, node_key IS NOT NULL, last_addr
+                    invite_host, invite_port, node_id, node_key IS NOT NULL, last_addr,
+                    down_after_ms
              FROM tokens ORDER BY peer",
         )?;
         let mut claims =
@@ -369,6 +372,7 @@ impl Store {
                 bound: r.get(9)?,
                 last_addr: r.get(10)?,
                 refused: Vec::new(),
+                down_after_ms: r.get(11)?,
             })
         })?;
         let mut grants: Vec<TokenGrant> = rows.collect::<rusqlite::Result<_>>()?;
@@ -528,12 +532,20 @@ impl Store {
 
     /// Sets after how long without a success a remote counts as down;
     /// `false` when there is no such remote.
+    /// Sets after how long without a success a peer counts as down: a
+    /// remote of that alias, and a peer calling in with a token of that
+    /// name. Returns false if there is neither.
     pub fn set_down_after(&self, alias: &str, ms: Option<i64>) -> Result<bool> {
         self.write(|tx| {
-            Ok(tx.execute(
+            let remotes = tx.execute(
                 "UPDATE remotes SET down_after_ms = ?2 WHERE alias = ?1",
                 params![alias, ms],
-            )? > 0)
+            )?;
+            let tokens = tx.execute(
+                "UPDATE tokens SET down_after_ms = ?2 WHERE peer = ?1",
+                params![alias, ms],
+            )?;
+            Ok(remotes + tokens > 0)
         })
     }
 

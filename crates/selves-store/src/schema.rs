@@ -298,6 +298,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE shares ADD COLUMN stopped_at INTEGER;
     ALTER TABLE records ADD COLUMN conv INTEGER;
     "#,
+    // 10: after how long without a call a peer that calls this node
+    // counts as down (NULL: the default, an hour), as for remotes.
+    r#"
+    ALTER TABLE tokens ADD COLUMN down_after_ms INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

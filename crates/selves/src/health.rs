@@ -129,12 +129,24 @@ pub struct TrustHealth {
     pub token_claims: Vec<(String, String, Option<String>, Millis)>,
     /// When a daemon that died without stopping was last alive.
     pub daemon_died_at: Option<Millis>,
+    /// Peers that call this node, past their down-after time: (name, when
+    /// last seen, down after).
+    pub quiet_callers: Vec<(String, Millis, Millis)>,
 }
 
 /// How long a refusal keeps status degraded after it last happened.
 pub const REFUSAL_SHOWN_MS: Millis = 7 * 24 * 3600 * 1000;
 
 fn trust_problems(t: &TrustHealth, now: Millis, out: &mut Vec<Problem>) {
+    for (peer, seen, _) in &t.quiet_callers {
+        out.push(Problem {
+            severity: Severity::Down,
+            line: format!(
+                "⚠ {peer} has not called this node for {} (it syncs by calling here): is it down, or its tunnel?",
+                span(now - seen)
+            ),
+        });
+    }
     if let Some(at) = t.daemon_died_at {
         out.push(Problem {
             severity: Severity::Degraded,
@@ -565,6 +577,7 @@ mod tests {
                 node: "0123456789abcdef0123456789ab5e1f".into(),
             }],
             daemon_died_at: None,
+            quiet_callers: Vec::new(),
             // Old refusals fade.
             token_claims: vec![(
                 "laptop".into(),

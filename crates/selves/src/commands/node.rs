@@ -175,8 +175,21 @@ pub fn trust_health(
     home: &std::path::Path,
 ) -> anyhow::Result<health::TrustHealth> {
     let me = store.me().id.clone();
+    let now = output::now_ms();
+    let grants = store.token_grants()?;
     Ok(health::TrustHealth {
         daemon_died_at: crate::daemon::died_at(home),
+        // A peer that calls in (claimed, not revoked) and went quiet past
+        // its down-after time, as a remote that stopped answering would.
+        quiet_callers: grants
+            .iter()
+            .filter(|g| g.revoked_at.is_none() && g.claim_by.is_none())
+            .filter_map(|g| {
+                let seen = g.last_seen_at?;
+                let after = g.down_after_ms.unwrap_or(health::DEFAULT_DOWN_AFTER_MS);
+                (now - seen > after).then(|| (g.peer.clone(), seen, after))
+            })
+            .collect(),
         clash: store.clash()?,
         // A fork of this node's own log is the clash above, or a restore
         // being recovered: not a line of its own.
@@ -186,8 +199,7 @@ pub fn trust_health(
             .filter(|f| f.node != me)
             .collect(),
         refusals: store.refusals()?,
-        token_claims: store
-            .token_grants()?
+        token_claims: grants
             .into_iter()
             .flat_map(|g| {
                 let peer = g.peer.clone();

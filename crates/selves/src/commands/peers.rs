@@ -437,7 +437,8 @@ pub enum PeerCommand {
 #[derive(Args)]
 pub struct SetArgs {
     alias: String,
-    /// After how long without a successful sync the peer counts as down
+    /// After how long without a successful sync (or, for a peer that
+    /// calls this node, without a call) the peer counts as down
     /// (`status --brief` exits 2): e.g. 10m, 6h, 2d [default: 1h]
     #[arg(long, value_parser = humantime::parse_duration)]
     down_after: Option<std::time::Duration>,

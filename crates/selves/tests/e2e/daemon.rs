@@ -307,3 +307,28 @@ fn a_daemon_killed_with_sigkill_is_reported_dead() {
     let brief = node.run(&["status", "--brief"]);
     assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
 }
+
+/// A hub is as loud about a spoke that stopped calling it as a spoke is
+/// about a hub it cannot reach: `--down-after` applies to both.
+#[test]
+fn a_hub_warns_about_a_spoke_that_stopped_calling() {
+    let hub = Node::new("hub");
+    let server = hub.serve(&[]);
+    let phone = Node::new("phone");
+    phone.pair(&hub, &server, "hub");
+    phone.ok(&["sync"]);
+    let brief = hub.run(&["status", "--brief"]);
+    assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
+    hub.ok(&["peer", "set", "phone", "--down-after", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let brief = hub.fails(&["status", "--brief"], 2);
+    assert!(
+        brief.stdout.contains("phone has not called this node for"),
+        "{brief:?}"
+    );
+    // Back within its (restored) threshold, it is quiet again.
+    phone.ok(&["sync"]);
+    hub.ok(&["peer", "set", "phone", "--down-after", "1h"]);
+    let brief = hub.run(&["status", "--brief"]);
+    assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
+}
