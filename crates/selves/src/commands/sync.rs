@@ -347,6 +347,9 @@ struct Verdict {
     there: selves_wire::native::MemoryDigest,
     /// Heads that differ: (node, stream, here, there).
     differing_heads: Vec<HeadDiff>,
+    /// Streams the peer holds that this node does not carry (its shares
+    /// not added here), left out of the comparison.
+    skipped: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -355,6 +358,8 @@ struct HeadDiff {
     stream: String,
     here: u64,
     there: u64,
+    /// The same number of records on two branches.
+    fork: bool,
 }
 
 pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
@@ -385,28 +390,48 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             .map_or_else(|| id.short().to_owned(), |n| n.name.to_string())
     };
     // Node cards are not compared: a node refreshes its own now and then
-    // (HEARTBEAT), and they are not memory.
-    let mut heads: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    // (HEARTBEAT), and they are not memory. A share this node does not
+    // carry is skipped, and said to be: syncing cannot bring it here.
+    let carried = store.streams()?;
+    let skipped: Vec<String> = theirs
+        .heads
+        .iter()
+        .filter(|h| h.stream.is_share() && !carried.contains(&h.stream))
+        .map(|h| h.stream.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    type Side = (u64, Option<selves_wire::sign::Digest>);
+    let mut heads: BTreeMap<(String, String), (Side, Side)> = BTreeMap::new();
     for h in our_heads.iter().filter(|h| !h.stream.is_nodes()) {
         heads
             .entry((name_of(&h.node), h.stream.to_string()))
             .or_default()
-            .0 = h.seq;
+            .0 = (h.seq, h.chain);
     }
-    for h in theirs.heads.iter().filter(|h| !h.stream.is_nodes()) {
+    for h in theirs
+        .heads
+        .iter()
+        .filter(|h| !h.stream.is_nodes() && carried.contains(&h.stream))
+    {
         heads
             .entry((name_of(&h.node), h.stream.to_string()))
             .or_default()
-            .1 = h.seq;
+            .1 = (h.seq, h.chain);
     }
     let differing: Vec<HeadDiff> = heads
         .into_iter()
-        .filter(|(_, (a, b))| a != b)
+        .filter(|(_, (a, b))| {
+            // The same seq on another branch is a fork, as different as
+            // can be (when both sides say where their chain stands).
+            a.0 != b.0 || (a.1.is_some() && b.1.is_some() && a.1 != b.1)
+        })
         .map(|((node, stream), (here, there))| HeadDiff {
             node,
             stream,
-            here,
-            there,
+            here: here.0,
+            there: there.0,
+            fork: here.0 == there.0,
         })
         .collect();
     let verdict = Verdict {
@@ -415,6 +440,7 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
         here: ours,
         there: theirs.memory,
         differing_heads: differing,
+        skipped,
     };
     if args.json {
         output::print_json(&verdict)?;
@@ -429,10 +455,17 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
     } else {
         println!("NOT converged with {}:", verdict.peer);
         for d in &verdict.differing_heads {
-            println!(
-                "  {} {}: {} records here, {} there",
-                d.node, d.stream, d.here, d.there
-            );
+            if d.fork {
+                println!(
+                    "  {} {}: {} records on each side, but on two branches (a fork: see `selves status`)",
+                    d.node, d.stream, d.here
+                );
+            } else {
+                println!(
+                    "  {} {}: {} records here, {} there",
+                    d.node, d.stream, d.here, d.there
+                );
+            }
         }
         println!(
             "  here:  {} rows, {} conversations, digest {}",
@@ -446,13 +479,35 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             verdict.there.conversations,
             &verdict.there.digest[..16]
         );
+        // What a sync can settle, and what it cannot.
+        let share_only_here = |d: &HeadDiff| d.stream.starts_with("share:") && d.there == 0;
         if verdict.differing_heads.is_empty() {
             println!(
                 "  the same records gave different state: run `selves check` on both nodes and report this"
             );
-        } else {
+        } else if verdict
+            .differing_heads
+            .iter()
+            .any(|d| !d.fork && !share_only_here(d))
+        {
             println!("  run `selves sync {}` to converge", verdict.peer);
         }
+        for d in verdict
+            .differing_heads
+            .iter()
+            .filter(|d| share_only_here(d))
+        {
+            println!(
+                "  {}: if {} has no such share, this is expected (`selves share add` there to sync it)",
+                d.stream, verdict.peer
+            );
+        }
+    }
+    if !args.json && !verdict.skipped.is_empty() {
+        println!(
+            "  skipped (not carried here): {}",
+            verdict.skipped.join(", ")
+        );
     }
     if verdict.converged {
         Ok(())

@@ -1012,3 +1012,33 @@ fn a_stopped_share_is_loud_until_it_syncs_again() {
     assert_eq!((brief.code, brief.stdout.as_str()), (0, ""), "{brief:?}");
     hub.assert_intact();
 }
+
+/// `verify` between nodes that do not carry the same shares compares what
+/// both carry, says what it skipped, and never asks for a sync that
+/// cannot help.
+#[test]
+fn verify_compares_what_both_carry_and_says_what_it_skipped() {
+    let (hub, _server, spokes) = star("hub", &["a", "b"]);
+    let (a, b) = (&spokes[0], &spokes[1]);
+    share(&hub, "notes", &[]);
+    let ad = share(a, "notes", &[]);
+    put(&ad, "one.md", b"shared\n");
+    let extra = share(a, "extra", &[]);
+    put(&extra, "mine.md", b"only on a\n");
+    a.ok(&["remember", "a memory"]);
+    sync(a);
+    sync(b);
+    // b carries no share `notes`: all it carries agrees with the hub.
+    let out = b.ok(&["verify"]);
+    assert!(out.contains("converged with hub"), "{out}");
+    assert!(
+        out.contains("skipped (not carried here): share:notes"),
+        "{out}"
+    );
+    // a's share `extra` is a difference only a share on the hub can
+    // settle, and it says so instead of asking for a sync.
+    let r = a.fails(&["verify"], 3);
+    assert!(r.stdout.contains("share:extra"), "{r:?}");
+    assert!(r.stdout.contains("if hub has no such share"), "{r:?}");
+    assert!(!r.stdout.contains("run `selves sync"), "{r:?}");
+}
