@@ -263,10 +263,31 @@ impl Root {
         match rustix::fs::unlinkat(&dir, path.file_name(), AtFlags::empty()) {
             Ok(()) => {
                 rustix::fs::fsync(&dir).map_err(|e| FsError::io(path, e))?;
+                self.remove_empty_parents(path);
                 Ok(true)
             }
             Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(FsError::io(path, e)),
+        }
+    }
+
+    /// Removes the folders above `path` that its removal left empty,
+    /// deepest first, as the peer that deleted the file did; stops at the
+    /// first that still holds anything (an untracked or ignored file
+    /// keeps its folder). Best effort: a folder left behind loses nothing.
+    fn remove_empty_parents(&self, path: &RelPath) {
+        let parts: Vec<&str> = path.components().collect();
+        for depth in (1..parts.len()).rev() {
+            let Ok(folder) = RelPath::parse(&parts[..depth].join("/")) else {
+                return;
+            };
+            let Ok(Some(parent)) = self.parent(&folder, false) else {
+                return;
+            };
+            if rustix::fs::unlinkat(&parent, folder.file_name(), AtFlags::REMOVEDIR).is_err() {
+                return;
+            }
+            let _ = rustix::fs::fsync(&parent);
         }
     }
 }

@@ -1042,3 +1042,28 @@ fn verify_compares_what_both_carry_and_says_what_it_skipped() {
     assert!(r.stdout.contains("if hub has no such share"), "{r:?}");
     assert!(!r.stdout.contains("run `selves sync"), "{r:?}");
 }
+
+/// A folder whose last file a peer deleted goes too; one that still holds
+/// a file of this node's own (untracked here) stays.
+#[test]
+fn folders_emptied_by_a_remote_delete_go_with_their_files() {
+    let (hub, _server, spokes) = star("hub", &["a", "b"]);
+    let (a, b) = (&spokes[0], &spokes[1]);
+    share(&hub, "knowledge", &[]);
+    let ad = share(a, "knowledge", &[]);
+    let bd = share(b, "knowledge", &[]);
+    put(&ad, "projects/old/plan.md", b"a plan\n");
+    put(&ad, "projects/keep/list.md", b"a list\n");
+    sync(a);
+    sync(b);
+    assert!(bd.join("projects/old/plan.md").exists());
+    // b has a file of its own, ignored, in the other folder.
+    put(&bd, "projects/keep/.selvesignore", b"");
+    std::fs::remove_dir_all(ad.join("projects")).unwrap();
+    sync(a);
+    sync(b);
+    assert!(!bd.join("projects/old").exists(), "{:?}", tree(&bd));
+    assert!(!bd.join("projects/keep/list.md").exists());
+    assert!(bd.join("projects/keep").exists(), "its own file keeps it");
+    assert!(!ad.join("projects").exists());
+}
