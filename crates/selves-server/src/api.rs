@@ -51,7 +51,23 @@ pub(crate) struct App {
     pub changes: crate::ChangeFeed,
     /// Turns true when the server stops (long polls answer at once).
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Requests with an unknown token, per address: past this rate they
+    /// are answered 429, and noted for status.
+    pub failed_logins: DefaultKeyedRateLimiter<String>,
+    /// Failures not yet written to the store, per address, and when the
+    /// address's count was last written.
+    pub failures_pending: Mutex<HashMap<String, Pending>>,
 }
+
+/// Failed logins of one address not yet written to the store.
+pub(crate) struct Pending {
+    count: u64,
+    written: Instant,
+    throttle_noted: bool,
+}
+
+/// Unknown tokens an address may present a minute before it is throttled.
+const FAILED_LOGINS_PER_MINUTE: u32 = 30;
 
 /// The memex endpoints' own rates (seeds/memex-sync.md §Rate limits).
 #[derive(Debug, Clone, Copy)]
@@ -134,7 +150,64 @@ impl App {
             scans: crate::shares::Scans::default(),
             changes,
             stopping,
+            failed_logins: keyed(RateLimit {
+                per_minute: NonZeroU32::new(FAILED_LOGINS_PER_MINUTE).expect("nonzero"),
+                burst: NonZeroU32::new(FAILED_LOGINS_PER_MINUTE).expect("nonzero"),
+            }),
+            failures_pending: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+/// A request with an unknown (or malformed) token from `addr`: counted,
+/// written for status at most every 5 s per address, and past the rate
+/// answered 429 instead of 401.
+async fn failed_login(app: &Arc<App>, addr: Option<String>, why: ApiError) -> ApiError {
+    let addr = addr.unwrap_or_else(|| "an unknown address".into());
+    let throttled = app.failed_logins.check_key(&addr).err();
+    // Written at most once a second per address (every 5 s while few),
+    // and at once when the address starts being throttled: a flood of
+    // guesses never becomes a flood of disk writes.
+    let flush = {
+        let mut pending = app
+            .failures_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = pending.entry(addr.clone()).or_insert(Pending {
+            count: 0,
+            written: Instant::now() - Duration::from_secs(60),
+            throttle_noted: false,
+        });
+        entry.count += 1;
+        let since = entry.written.elapsed();
+        let newly_throttled = throttled.is_some() && !entry.throttle_noted;
+        if since >= Duration::from_secs(5)
+            || (entry.count >= 10 && since >= Duration::from_secs(1))
+            || newly_throttled
+        {
+            let n = entry.count;
+            entry.count = 0;
+            entry.written = Instant::now();
+            entry.throttle_noted = throttled.is_some();
+            Some(n)
+        } else {
+            None
+        }
+    };
+    if let Some(n) = flush {
+        let store = app.store.clone();
+        let (a, t) = (addr.clone(), throttled.is_some());
+        let _ = blocking(move || Ok(store.note_login_failures(&a, n, t, now_ms())?)).await;
+    }
+    match throttled {
+        Some(not_until) => {
+            tracing::warn!(%addr, "unknown tokens from one address: throttled");
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            ApiError::RateLimited {
+                retry_after: wait.max(Duration::from_secs(1)),
+            }
+        }
+        None => why,
     }
 }
 
@@ -202,12 +275,18 @@ pub(crate) async fn authorize(
     headers: &HeaderMap,
     addr: Option<String>,
 ) -> Result<Name, ApiError> {
-    let token = bearer(headers)?;
+    let token = match bearer(headers) {
+        Ok(t) => t,
+        Err(e) => return Err(failed_login(app, addr, e).await),
+    };
     let store = app.store.clone();
     let outcome = blocking(move || Ok(store.authenticate(&token, now_ms())?)).await?;
     let peer = match outcome {
         AuthOutcome::Ok(peer) => peer,
-        AuthOutcome::Unknown => return Err(ApiError::Unauthorized("unknown token".into())),
+        AuthOutcome::Unknown => {
+            let why = ApiError::Unauthorized("unknown token".into());
+            return Err(failed_login(app, addr, why).await);
+        }
         AuthOutcome::Revoked(p) => {
             return Err(ApiError::Unauthorized(format!(
                 "the token of {p} was revoked"

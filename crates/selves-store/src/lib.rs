@@ -37,7 +37,7 @@ pub use chain::{Fork, Refusal, RefusalCount, RefusalKind};
 pub use log::{ApplySummary, RangeRead};
 pub use memex::ArrivalPage;
 pub use memory::{CaptureOptions, CaptureSummary};
-pub use peers::{Attempt, AuthOutcome, Claim, Protocol, Remote, TokenGrant};
+pub use peers::{Attempt, AuthOutcome, Claim, LoginFailures, Protocol, Remote, TokenGrant};
 pub use search::{Hit, SearchQuery};
 pub use shares::{
     Admitted, FileEntry, Held, Layout, Received, Seen, Share, ShareChange, ShareCommit, ShareMode,

@@ -56,6 +56,18 @@ pub enum AuthOutcome {
     Expired(String),
 }
 
+/// Requests with unknown tokens from one address (over the last hour of
+/// them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LoginFailures {
+    pub addr: String,
+    pub count: u64,
+    pub first_at: Millis,
+    pub last_at: Millis,
+    /// When the address was last throttled.
+    pub throttled_at: Option<Millis>,
+}
+
 /// What claiming a token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -335,6 +347,50 @@ impl Store {
             )?;
             Ok(n > 0)
         })
+    }
+
+    /// Adds `n` requests refused for an unknown token from `addr` (a count
+    /// that starts over after an hour without any), noting whether the
+    /// address is being throttled.
+    pub fn note_login_failures(
+        &self,
+        addr: &str,
+        n: u64,
+        throttled: bool,
+        now: Millis,
+    ) -> Result<()> {
+        const HOUR: Millis = 3600 * 1000;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO login_failures (addr, count, first_at, last_at, throttled_at)
+                 VALUES (?1, ?2, ?3, ?3, CASE WHEN ?4 THEN ?3 END)
+                 ON CONFLICT (addr) DO UPDATE SET
+                    count = CASE WHEN ?3 - last_at > ?5 THEN excluded.count ELSE count + excluded.count END,
+                    first_at = CASE WHEN ?3 - last_at > ?5 THEN excluded.first_at ELSE first_at END,
+                    last_at = excluded.last_at,
+                    throttled_at = COALESCE(excluded.throttled_at, throttled_at)",
+                params![addr, n as i64, now, throttled, HOUR],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Addresses that presented unknown tokens, the latest first.
+    pub fn login_failures(&self) -> Result<Vec<LoginFailures>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare(
+            "SELECT addr, count, first_at, last_at, throttled_at FROM login_failures ORDER BY last_at DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(LoginFailures {
+                addr: r.get(0)?,
+                count: r.get::<_, i64>(1)? as u64,
+                first_at: r.get(2)?,
+                last_at: r.get(3)?,
+                throttled_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Revokes `peer`'s token alone. Returns false if there is none.

@@ -303,6 +303,17 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN down_after_ms INTEGER;
     "#,
+    // 11: requests refused for an unknown token, per address (counted
+    // over the last hour), and when the address was last throttled.
+    r#"
+    CREATE TABLE login_failures (
+        addr         TEXT PRIMARY KEY,
+        count        INTEGER NOT NULL,
+        first_at     INTEGER NOT NULL,
+        last_at      INTEGER NOT NULL,
+        throttled_at INTEGER
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

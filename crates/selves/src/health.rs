@@ -132,12 +132,35 @@ pub struct TrustHealth {
     /// Peers that call this node, past their down-after time: (name, when
     /// last seen, down after).
     pub quiet_callers: Vec<(String, Millis, Millis)>,
+    /// Unknown tokens presented, per address.
+    pub login_failures: Vec<selves_store::LoginFailures>,
 }
+
+/// Unknown tokens from one address in the last hour worth a line.
+const LOGIN_FAILURES_SHOWN: u64 = 10;
 
 /// How long a refusal keeps status degraded after it last happened.
 pub const REFUSAL_SHOWN_MS: Millis = 7 * 24 * 3600 * 1000;
 
 fn trust_problems(t: &TrustHealth, now: Millis, out: &mut Vec<Problem>) {
+    for f in &t.login_failures {
+        let (addr, count) = (&f.addr, f.count);
+        if count < LOGIN_FAILURES_SHOWN || now - f.last_at > 3600 * 1000 {
+            continue;
+        }
+        out.push(Problem {
+            severity: Severity::Degraded,
+            line: format!(
+                "⚠ {count} requests with unknown tokens from {addr} in {}{}: someone is guessing tokens, or a peer holds a revoked one",
+                span(f.last_at - f.first_at),
+                if f.throttled_at.is_some_and(|t| now - t < 3600 * 1000) {
+                    " (throttled)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     for (peer, seen, _) in &t.quiet_callers {
         out.push(Problem {
             severity: Severity::Down,
@@ -578,6 +601,7 @@ mod tests {
             }],
             daemon_died_at: None,
             quiet_callers: Vec::new(),
+            login_failures: Vec::new(),
             // Old refusals fade.
             token_claims: vec![(
                 "laptop".into(),

@@ -179,6 +179,7 @@ pub fn trust_health(
     let grants = store.token_grants()?;
     Ok(health::TrustHealth {
         daemon_died_at: crate::daemon::died_at(home),
+        login_failures: store.login_failures()?,
         // A peer that calls in (claimed, not revoked) and went quiet past
         // its down-after time, as a remote that stopped answering would.
         quiet_callers: grants

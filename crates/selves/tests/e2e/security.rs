@@ -310,3 +310,40 @@ fn insecure_peers_are_allowed_only_with_a_loud_warning() {
     let list = spoke.ok(&["peer", "list"]);
     assert!(list.contains("INSECURE"), "{list}");
 }
+
+/// Guessing tokens is throttled per address and shows in the hub's
+/// status; a peer with its own token goes on meanwhile.
+#[test]
+fn failed_logins_are_throttled_and_reported() {
+    let hub = crate::harness::Node::new("hub");
+    let server = hub.serve(&[]);
+    let laptop = crate::harness::Node::new("laptop");
+    laptop.pair(&hub, &server, "hub");
+    let line = hub.invite("x", &server);
+    let pin = crate::harness::blob_fingerprint(&line);
+    let mut statuses = Vec::new();
+    for i in 0..60u32 {
+        let guess = format!("{i:064x}");
+        let r = crate::harness::request(
+            server.addr,
+            pin,
+            "POST",
+            "/v1/hello",
+            Some(&guess),
+            &[],
+            b"{}",
+        );
+        statuses.push(r.status);
+    }
+    assert!(statuses[..30].iter().all(|&s| s == 401), "{statuses:?}");
+    assert!(statuses.contains(&429), "never throttled: {statuses:?}");
+    laptop.ok(&["sync"]);
+    let brief = hub.fails(&["status", "--brief"], 1);
+    assert!(
+        brief
+            .stdout
+            .contains("requests with unknown tokens from 127.0.0.1"),
+        "{brief:?}"
+    );
+    assert!(brief.stdout.contains("(throttled)"), "{brief:?}");
+}
