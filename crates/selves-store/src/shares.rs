@@ -516,7 +516,7 @@ impl Store {
                 ])?;
             }
             if let Some((node, start, records, proof)) = &change.received {
-                store_received(tx, self, share, node, *start, records, proof, &mut out)?;
+                store_received(tx, share, node, *start, records, proof, &mut out)?;
             }
             if !change.own.is_empty() {
                 let mut own = crate::log::OwnLog::open(tx, self, share.stream_idx)?;
@@ -641,7 +641,6 @@ fn upsert_entry(tx: &Transaction<'_>, share: &Share, entry: &FileEntry) -> Resul
 #[allow(clippy::too_many_arguments)]
 fn store_received(
     tx: &Transaction<'_>,
-    store: &Store,
     share: &Share,
     node: &NodeId,
     start: u64,
@@ -663,7 +662,6 @@ fn store_received(
             got: start,
         });
     }
-    let _ = store;
     let sigs: std::collections::BTreeMap<u64, &selves_wire::sign::Signature> =
         proof.sigs.iter().map(|s| (s.seq, &s.sig)).collect();
     for (i, record) in records.iter().enumerate() {
