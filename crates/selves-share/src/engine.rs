@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{Read, Write as _};
+use std::io::{Read, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use selves_wire::{Name, NodeId};
 use crate::blobs::{BlobError, BlobReader, Blobs};
 use crate::fsops::{FsError, Root, WriteBatch};
 use crate::merge::{MAX_MERGE_BYTES, is_text, merge3};
-use crate::secrets::{SNIFF_BYTES, looks_secret};
+use crate::secrets::{OVERLAP, Scanner};
 use crate::walk::walk;
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +284,7 @@ impl Engine {
             let Some(read) = self.read_local(&root, &f.path, entry)? else {
                 continue;
             };
-            if let Some(what) = looks_secret(&read.sniff) {
+            if let Some(what) = read.secret {
                 held_now.insert(f.path.to_string());
                 change.held.push(Held {
                     path: f.path.to_string(),
@@ -426,8 +426,9 @@ impl Engine {
     }
 
     /// Reads a local file: its hash, whether it only grew past `entry`'s
-    /// content, the start of it (to look for secrets) and, if it is small
-    /// text, all of it. `None` if it vanished meanwhile.
+    /// content, whether it holds a credential (all of it is looked at, or
+    /// only what was appended to content already sent, with an overlap)
+    /// and, if it is small text, all of it. `None` if it vanished meanwhile.
     fn read_local(
         &self,
         root: &Root,
@@ -447,9 +448,12 @@ impl Engine {
         let prefix = entry
             .filter(|e| !e.version.deleted && e.version.size > 0 && e.version.size < seen.size)
             .and_then(|e| e.version.blob.map(|b| (b, e.version.size)));
+        // Content already sent was scanned when it was: if this only
+        // extends it, the scan starts OVERLAP bytes before its end.
+        let scan_from = prefix.map_or(0, |(_, len)| len.saturating_sub(OVERLAP as u64));
+        let mut secrets = Scanner::default();
         let mut whole = blake3::Hasher::new();
         let mut head = blake3::Hasher::new();
-        let mut sniff = Vec::new();
         let mut keep = Vec::new();
         let mut read = 0u64;
         let mut buf = vec![0u8; 256 << 10];
@@ -466,25 +470,40 @@ impl Engine {
                 let take = ((len - read) as usize).min(n);
                 head.update(&chunk[..take]);
             }
-            if sniff.len() < SNIFF_BYTES {
-                let take = (SNIFF_BYTES - sniff.len()).min(n);
-                sniff.extend_from_slice(&chunk[..take]);
+            let end = read + n as u64;
+            if end > scan_from {
+                secrets.feed(&chunk[scan_from.saturating_sub(read) as usize..]);
             }
-            if read + (n as u64) <= MAX_MERGE_BYTES as u64 {
+            if end <= MAX_MERGE_BYTES as u64 {
                 keep.extend_from_slice(chunk);
             }
-            read += n as u64;
+            read = end;
         }
         let hash = BlobHash(*whole.finalize().as_bytes());
         let appended_to = prefix
             .filter(|(blob, _)| BlobHash(*head.finalize().as_bytes()) == *blob)
             .map(|(_, len)| len);
+        let mut secret = secrets.found();
+        if secret.is_none() && scan_from > 0 && appended_to.is_none() {
+            // Not an append after all: look at the start too.
+            let mut start = Scanner::default();
+            file.rewind().map_err(io)?;
+            let mut head = (&mut file).take(scan_from + OVERLAP as u64);
+            loop {
+                let n = head.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                start.feed(&buf[..n]);
+            }
+            secret = start.found();
+        }
         let text = (read <= MAX_MERGE_BYTES as u64 && is_text(&keep)).then_some(keep);
         Ok(Some(LocalRead {
             hash,
             seen: Seen { size: read, ..seen },
             appended_to,
-            sniff,
+            secret,
             text,
         }))
     }
@@ -792,7 +811,8 @@ struct LocalRead {
     hash: BlobHash,
     seen: Seen,
     appended_to: Option<u64>,
-    sniff: Vec<u8>,
+    /// The credential it seems to hold, if any (docs/shares.md).
+    secret: Option<&'static str>,
     text: Option<Vec<u8>>,
 }
 
@@ -953,7 +973,7 @@ impl Step<'_> {
             self.current.insert((origin.clone(), rel.clone()), Some(c));
             return Ok(None);
         }
-        if looks_secret(&read.sniff).is_some() {
+        if read.secret.is_some() {
             // Never made a version (it must not leave this node), nor
             // overwritten: it moves aside, where scans hold it back.
             self.keep_aside(&path)?;

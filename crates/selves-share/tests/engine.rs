@@ -60,8 +60,12 @@ impl Node {
         std::thread::sleep(std::time::Duration::from_millis(2));
         std::fs::write(p, content).unwrap();
     }
+    /// A scan as after the user confirmed any deletes: the mass-delete
+    /// guard has its own test
+    /// (`a_missing_or_emptied_folder_deletes_nothing_remotely`), and
+    /// a history that removes every file must still converge.
     fn scan(&self) -> selves_share::ScanReport {
-        self.engine.scan(&self.share, false, now()).unwrap()
+        self.engine.scan(&self.share, true, now()).unwrap()
     }
     fn files(&self) -> BTreeMap<String, Vec<u8>> {
         tree(&self.root)

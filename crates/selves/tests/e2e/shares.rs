@@ -591,6 +591,73 @@ fn secrets_and_databases_never_leave_the_node() {
     );
 }
 
+/// The whole of a file is looked at, however large, and a credential
+/// appended to a log in two halves is caught when the second half lands.
+#[test]
+fn secrets_past_the_first_megabytes_and_split_across_appends_are_held() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    let hd = share(
+        &hub,
+        "sessions",
+        &["--mode", "receive-only", "--layout", "per-origin"],
+    );
+    let ad = share(a, "sessions", &["--mode", "send-only"]);
+    let line = |i: usize| format!("{{\"i\":{i},\"text\":\"{}\"}}\n", "y".repeat(300));
+    let filler: String = (0..30_000).map(line).collect();
+    assert!(filler.len() > 9 << 20);
+    // A private key at the very end of a 9 MB note.
+    let mut note = filler.clone().into_bytes();
+    note.extend_from_slice(b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n");
+    put(&ad, "big-note.md", &note);
+    // A 9 MB session log, clean so far.
+    put(&ad, "s1.jsonl", filler.as_bytes());
+    sync(a);
+    assert!(!hd.join("a/big-note.md").exists(), "the key left the node");
+    assert_eq!(
+        std::fs::metadata(hd.join("a/s1.jsonl")).unwrap().len(),
+        filler.len() as u64
+    );
+    // A token appended in two halves, a sync between them.
+    let token = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+    let append = |bytes: &str| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ad.join("s1.jsonl"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, bytes.as_bytes()).unwrap();
+    };
+    append(&format!("{{\"key\":\"{}", &token[..20]));
+    sync(a);
+    append(&format!("{}\"}}\n", &token[20..]));
+    let run = a.run(&["sync"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("held back"), "{run:?}");
+    let on_hub = std::fs::read(hd.join("a/s1.jsonl")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&on_hub).contains(&token[20..]),
+        "the second half of the key reached the hub"
+    );
+    let held = a.json(&["conflicts", "--json"]);
+    let held: Vec<(&str, &str)> = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["kind"] == "secret")
+        .map(|h| (h["path"].as_str().unwrap(), h["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.iter()
+            .any(|(p, r)| p.ends_with("/big-note.md") && r.contains("private key")),
+        "{held:?}"
+    );
+    assert!(
+        held.iter()
+            .any(|(p, r)| p.ends_with("/s1.jsonl") && r.contains("Anthropic"))
+    );
+}
+
 #[test]
 fn changing_ignore_rules_deletes_nothing_anywhere() {
     let (hub, _server, spokes) = star("hub", &["a"]);
