@@ -767,7 +767,11 @@ async fn marker(
 
 async fn digest(State(app): State<Arc<App>>) -> Result<Json<DigestResponse>, ApiError> {
     let store = app.store.clone();
-    let (heads, memory) = blocking(move || Ok(store.digest()?)).await?;
+    let (heads, memory, shares) = blocking(move || {
+        let (heads, memory) = store.digest()?;
+        Ok((heads, memory, store.share_digests()?))
+    })
+    .await?;
     let me = app.store.me();
     Ok(Json(DigestResponse {
         node: NodeInfo {
@@ -776,5 +780,6 @@ async fn digest(State(app): State<Arc<App>>) -> Result<Json<DigestResponse>, Api
         },
         heads,
         memory,
+        shares,
     }))
 }

@@ -331,7 +331,11 @@ impl Engine {
             let Ok(path) = RelPath::parse(path) else {
                 continue;
             };
-            if let Ok(None) = root.stat(&path) {
+            // Gone, or replaced by a folder, or under a folder replaced
+            // by a file: either way no longer this file.
+            if let Ok(None) | Err(FsError::IsADirectory { .. } | FsError::NotADirectory { .. }) =
+                root.stat(&path)
+            {
                 gone.extend(self.store.share_file(share, None, &path)?);
             }
         }
@@ -343,8 +347,12 @@ impl Engine {
             });
         }
         let (me, name) = self.me();
+        // Deletions go first in the log: a peer applying in order removes
+        // `a.md` before it makes the folder `a.md/`, and empties `dir/`
+        // before it writes the file `dir`.
+        let (mut entries, mut own) = (Vec::new(), Vec::new());
         for e in gone {
-            change.entries.push(FileEntry {
+            entries.push(FileEntry {
                 origin: None,
                 version: FileVersion {
                     path: e.version.path.clone(),
@@ -359,9 +367,11 @@ impl Engine {
                 },
                 seen: None,
             });
-            change.own.push((None, e.version.path.clone()));
+            own.push((None, e.version.path.clone()));
             report.deleted += 1;
         }
+        change.entries.splice(0..0, entries);
+        change.own.splice(0..0, own);
         for s in walked.skipped {
             held_now.insert(s.path.clone());
             change.held.push(Held {
@@ -945,7 +955,11 @@ impl Step<'_> {
         rel: &RelPath,
     ) -> Result<Option<FileEntry>, ShareError> {
         let path = self.disk(origin, rel)?;
-        let on_disk = self.root.stat(&path)?;
+        let on_disk = match self.root.stat(&path) {
+            // A folder is no version of this file (`take` writes beside it).
+            Err(FsError::IsADirectory { .. }) => None,
+            other => other?,
+        };
         let expected = c.filter(|c| !c.version.deleted).and_then(|c| c.seen);
         self.verified.insert(path.clone(), on_disk);
         if on_disk.is_none() || on_disk == expected {
@@ -1015,6 +1029,14 @@ impl Step<'_> {
             self.settle(&path)?;
             self.root.remove(&path)?;
             self.verified.insert(path, None);
+            None
+        } else if let Err(FsError::IsADirectory { .. }) = self.root.stat(&path) {
+            // A folder of that name is here and still holds something
+            // (what a peer's deletions emptied went with them): the file
+            // is written beside it as a conflict copy, which syncs; the
+            // next scan finds no file at `path` and deletes it everywhere.
+            let beside = conflict_name(&path, &v.author, v.mtime)?;
+            self.write_content(&beside, &v, None)?;
             None
         } else {
             Some(self.write_content(&path, &v, current.as_ref())?)

@@ -23,6 +23,8 @@ pub enum FsError {
     Symlink { path: String, at: String },
     #[error("{path}: {at} is not a directory")]
     NotADirectory { path: String, at: String },
+    #[error("{path} is a folder here")]
+    IsADirectory { path: String },
     #[error("{path} changed on disk while selves was about to replace it; nothing was replaced")]
     Changed { path: String },
     #[error("{path}: {source}")]
@@ -145,7 +147,9 @@ impl Root {
     }
 
     /// The file at `path` as it is now, or `None` if absent. A symlink on
-    /// the way or at the path is an error; so is a directory at the path.
+    /// the way or at the path is an error; so is a directory at the path
+    /// ([`FsError::IsADirectory`]) or a file on the way
+    /// ([`FsError::NotADirectory`]).
     pub fn stat(&self, path: &RelPath) -> Result<Option<Seen>, FsError> {
         let Some(dir) = self.parent(path, false)? else {
             return Ok(None);
@@ -154,6 +158,9 @@ impl Root {
             Ok(st) => match rustix::fs::FileType::from_raw_mode(st.st_mode) {
                 rustix::fs::FileType::RegularFile => Ok(Some(seen_of(&st))),
                 rustix::fs::FileType::Symlink => Err(self.symlink(path, path.as_str())),
+                rustix::fs::FileType::Directory => Err(FsError::IsADirectory {
+                    path: path.to_string(),
+                }),
                 _ => Err(FsError::Io {
                     path: path.to_string(),
                     source: std::io::Error::other("not a regular file"),

@@ -328,6 +328,46 @@ impl Store {
         Ok(out)
     }
 
+    /// What each share holds now, to compare with a peer (`selves
+    /// verify`): the live files of the flat tree, as an order-independent
+    /// digest of their paths and contents. Two nodes whose trees hold the
+    /// same files at the same paths have the same digest.
+    pub fn share_digests(&self) -> Result<Vec<selves_wire::native::ShareDigest>> {
+        let shares = self.shares()?;
+        let r = self.reader()?;
+        let mut stmt = r.prepare_cached(
+            "SELECT path, blob FROM files WHERE share = ?1 AND origin = 0 AND deleted = 0",
+        )?;
+        let mut out = Vec::new();
+        for share in shares {
+            let mut acc = [0u8; 32];
+            let mut files = 0u64;
+            let mut rows = stmt.query([share.idx])?;
+            while let Some(row) = rows.next()? {
+                let mut h = selves_wire::domain_hasher!("selves share file v1");
+                let path = row.get_ref(0)?.as_str()?;
+                h.update(&(path.len() as u64).to_le_bytes());
+                h.update(path.as_bytes());
+                h.update(row.get_ref(1)?.as_blob_or_null()?.unwrap_or_default());
+                for (a, b) in acc.iter_mut().zip(h.finalize().as_bytes()) {
+                    *a ^= b;
+                }
+                files += 1;
+            }
+            let mut h = selves_wire::domain_hasher!("selves share digest v1");
+            h.update(&acc);
+            h.update(&files.to_le_bytes());
+            out.push(selves_wire::native::ShareDigest {
+                stream: share.stream.clone(),
+                mode: share.mode.as_str().into(),
+                layout: share.layout.as_str().into(),
+                files,
+                digest: selves_wire::hex(h.finalize().as_bytes()),
+            });
+        }
+        Ok(out)
+    }
+
     pub fn share(&self, name: &str) -> Result<Option<Share>> {
         Ok(self.shares()?.into_iter().find(|s| s.name.as_str() == name))
     }

@@ -446,6 +446,25 @@ pub struct DigestResponse {
     pub node: NodeInfo,
     pub heads: Vec<Head>,
     pub memory: MemoryDigest,
+    /// The state of each share the node carries (absent from nodes older
+    /// than this field: then shares are compared by their logs alone).
+    #[serde(default)]
+    pub shares: Vec<ShareDigest>,
+}
+
+/// What one share holds now: the live files of its one tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareDigest {
+    /// The share's stream (`share:<name>`).
+    pub stream: StreamName,
+    /// `two-way`, `send-only` or `receive-only`.
+    pub mode: String,
+    /// `flat` or `per-origin`.
+    pub layout: String,
+    /// Live files at their own paths (the flat tree).
+    pub files: u64,
+    /// Hex of the XOR of the hash of every live file's path and content.
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

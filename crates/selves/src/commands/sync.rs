@@ -350,6 +350,17 @@ struct Verdict {
     /// Streams the peer holds that this node does not carry (its shares
     /// not added here), left out of the comparison.
     skipped: Vec<String>,
+    /// The trees of the shares both carry, where both hold one whole tree
+    /// (flat, and neither side send-only).
+    shares: Vec<ShareDiff>,
+}
+
+#[derive(Serialize)]
+struct ShareDiff {
+    stream: String,
+    files_here: u64,
+    files_there: u64,
+    same: bool,
 }
 
 #[derive(Serialize)]
@@ -434,13 +445,38 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             fork: here.0 == there.0,
         })
         .collect();
+    // Equal logs should give equal trees; compared, as a folder's state
+    // is what the user sees. Only whole trees compare: a send-only copy
+    // holds only its own files, a per-origin one each sender's apart.
+    let whole = |d: &&selves_wire::native::ShareDigest| d.layout == "flat" && d.mode != "send-only";
+    let share_diffs: Vec<ShareDiff> = store
+        .share_digests()?
+        .iter()
+        .filter(whole)
+        .filter_map(|here| {
+            let there = theirs
+                .shares
+                .iter()
+                .filter(whole)
+                .find(|t| t.stream == here.stream)?;
+            Some(ShareDiff {
+                stream: here.stream.to_string(),
+                files_here: here.files,
+                files_there: there.files,
+                same: here.digest == there.digest,
+            })
+        })
+        .collect();
     let verdict = Verdict {
         peer: remote.alias.to_string(),
-        converged: differing.is_empty() && ours == theirs.memory,
+        converged: differing.is_empty()
+            && ours == theirs.memory
+            && share_diffs.iter().all(|d| d.same),
         here: ours,
         there: theirs.memory,
         differing_heads: differing,
         skipped,
+        shares: share_diffs,
     };
     if args.json {
         output::print_json(&verdict)?;
@@ -452,6 +488,13 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             verdict.here.conversations,
             &verdict.here.digest[..16]
         );
+        for d in &verdict.shares {
+            println!(
+                "  {}: the same {}",
+                d.stream,
+                output::count(d.files_here, "file", "files")
+            );
+        }
     } else {
         println!("NOT converged with {}:", verdict.peer);
         for d in &verdict.differing_heads {
@@ -479,6 +522,14 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
             verdict.there.conversations,
             &verdict.there.digest[..16]
         );
+        for d in verdict.shares.iter().filter(|d| !d.same) {
+            println!(
+                "  {}: the trees differ ({} here, {} there)",
+                d.stream,
+                output::count(d.files_here, "file", "files"),
+                output::count(d.files_there, "file", "files")
+            );
+        }
         // What a sync can settle, and what it cannot.
         let share_only_here = |d: &HeadDiff| d.stream.starts_with("share:") && d.there == 0;
         if verdict.differing_heads.is_empty() {

@@ -658,6 +658,88 @@ fn secrets_past_the_first_megabytes_and_split_across_appends_are_held() {
     );
 }
 
+/// A file that becomes a folder of the same name, and a folder that
+/// becomes a file, sync both ways; later edits still flow.
+#[test]
+fn a_file_replaced_by_a_folder_and_a_folder_by_a_file_sync_both_ways() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    let (hd, ad) = (share(&hub, "knowledge", &[]), share(a, "knowledge", &[]));
+    for (p, t) in [("a.md", "a file\n"), ("dir/x.md", "in a folder\n")] {
+        put(&ad, p, t.as_bytes());
+    }
+    for i in 0..4 {
+        put(&ad, &format!("n{i}.md"), b"other notes\n");
+    }
+    sync(a);
+    assert_same(&[&hd, &ad]);
+
+    std::fs::remove_file(ad.join("a.md")).unwrap();
+    put(&ad, "a.md/inner.md", b"now a folder\n");
+    std::fs::remove_dir_all(ad.join("dir")).unwrap();
+    put(&ad, "dir", b"now a file\n");
+    sync(a);
+    assert_same(&[&hd, &ad]);
+    assert_eq!(text(&hd, "a.md/inner.md"), "now a folder\n");
+    assert_eq!(text(&hd, "dir"), "now a file\n");
+
+    // And back again, changed on the hub this time.
+    std::fs::remove_dir_all(hd.join("a.md")).unwrap();
+    put(&hd, "a.md", b"a file again\n");
+    std::fs::remove_file(hd.join("dir")).unwrap();
+    put(&hd, "dir/y.md", b"a folder again\n");
+    hub.ok(&["share", "scan"]);
+    sync(a);
+    assert_same(&[&hd, &ad]);
+    assert_eq!(text(&ad, "a.md"), "a file again\n");
+    assert_eq!(text(&ad, "dir/y.md"), "a folder again\n");
+
+    // Nothing is wedged: an edit still reaches the hub, and both agree.
+    put(&ad, "n0.md", b"edited after it all\n");
+    sync(a);
+    assert_eq!(text(&hd, "n0.md"), "edited after it all\n");
+    let run = a.run(&["verify", "hub"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        a.json(&["conflicts", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A folder a peer turned into a file, while this node's copy of the
+/// folder still holds something of its own: nothing is lost, the file
+/// lands beside it as a conflict copy, and the share keeps syncing.
+#[test]
+fn a_file_arriving_where_a_folder_still_holds_local_files_lands_beside_it() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    let (hd, ad) = (share(&hub, "knowledge", &[]), share(a, "knowledge", &[]));
+    put(&ad, "dir/x.md", b"synced\n");
+    put(&ad, "other.md", b"other\n");
+    sync(a);
+    // Ignored on the hub, so it stays in its folder there.
+    put(&hd, "dir/.DS_Store", b"finder junk\n");
+    std::fs::remove_dir_all(ad.join("dir")).unwrap();
+    put(&ad, "dir", b"the file that replaced the folder\n");
+    sync(a);
+    assert_eq!(text(&hd, "dir/.DS_Store"), "finder junk\n");
+    let beside: Vec<String> = tree(&hd)
+        .into_keys()
+        .filter(|k| k.starts_with("dir.conflict-a-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{:?}", tree(&hd).keys());
+    assert_eq!(text(&hd, &beside[0]), "the file that replaced the folder\n");
+    // The hub's next round settles it: the copy reaches a, everywhere.
+    hub.ok(&["share", "scan"]);
+    sync(a);
+    assert_eq!(text(&ad, &beside[0]), "the file that replaced the folder\n");
+    put(&ad, "other.md", b"still syncing\n");
+    sync(a);
+    assert_eq!(text(&hd, "other.md"), "still syncing\n");
+}
+
 #[test]
 fn changing_ignore_rules_deletes_nothing_anywhere() {
     let (hub, _server, spokes) = star("hub", &["a"]);
@@ -1108,6 +1190,41 @@ fn verify_compares_what_both_carry_and_says_what_it_skipped() {
     assert!(r.stdout.contains("share:extra"), "{r:?}");
     assert!(r.stdout.contains("if hub has no such share"), "{r:?}");
     assert!(!r.stdout.contains("run `selves sync"), "{r:?}");
+}
+
+/// `verify` compares the trees of the shares, not only their logs: a
+/// tree that differs while the logs agree is reported, never "converged".
+#[test]
+fn verify_compares_share_trees_not_only_logs() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    share(&hub, "notes", &[]);
+    let ad = share(a, "notes", &[]);
+    put(&ad, "one.md", b"one\n");
+    put(&ad, "two.md", b"two\n");
+    sync(a);
+    let out = a.ok(&["verify"]);
+    assert!(out.contains("share:notes: the same 2 files"), "{out}");
+    let json = a.json(&["verify", "--json"]);
+    assert_eq!(json["shares"][0]["same"], true, "{json}");
+    // The hub's store loses a file's entry behind selves' back (as a bug
+    // or a damaged disk would): the logs still agree, the trees do not.
+    let db = rusqlite::Connection::open(hub.home().join("selves.db")).unwrap();
+    let n = db
+        .execute("DELETE FROM files WHERE path = 'two.md'", [])
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+    let r = a.fails(&["verify"], 3);
+    assert!(
+        r.stdout
+            .contains("share:notes: the trees differ (2 files here, 1 file there)"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("the same records gave different state"),
+        "{r:?}"
+    );
 }
 
 /// A folder whose last file a peer deleted goes too; one that still holds
