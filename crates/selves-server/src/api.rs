@@ -57,6 +57,8 @@ pub(crate) struct App {
     /// Failures not yet written to the store, per address, and when the
     /// address's count was last written.
     pub failures_pending: Mutex<HashMap<String, Pending>>,
+    /// Open connections per address, and the addresses known to be peers.
+    pub conns: Arc<crate::conns::Conns>,
 }
 
 /// Failed logins of one address not yet written to the store.
@@ -155,6 +157,7 @@ impl App {
                 burst: NonZeroU32::new(FAILED_LOGINS_PER_MINUTE).expect("nonzero"),
             }),
             failures_pending: Mutex::new(HashMap::new()),
+            conns: crate::conns::Conns::new(config.max_connections),
         }
     }
 }
@@ -397,6 +400,9 @@ async fn authenticate(
 }
 
 async fn note_seen(app: &Arc<App>, peer: &Name, addr: Option<String>) {
+    if let Some(ip) = addr.as_deref().and_then(|a| a.parse().ok()) {
+        app.conns.known(ip);
+    }
     let due = {
         let mut seen = app.seen.lock().unwrap_or_else(|p| p.into_inner());
         let last = seen.get(peer.as_str());

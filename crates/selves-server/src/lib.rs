@@ -3,8 +3,11 @@
 //!
 //! [`run`] takes its listener and a shutdown future, so tests and the demo
 //! bind `127.0.0.1:0` and stop it when they like. Every connection has a
-//! TLS handshake deadline and a header-read deadline (no slowloris), and the
-//! number of open connections is capped.
+//! TLS handshake deadline, a header-read deadline (which also closes idle
+//! keep-alive connections), a deadline between body bytes and one for the
+//! whole request (no slowloris); connections are capped per address, with
+//! room kept for the node's peers (`conns.rs`); a refused token closes its
+//! connection.
 //!
 //! - [`api`]: routes, authentication, rate limits, handlers.
 //! - [`error`]: the one mapping from errors to HTTP.
@@ -13,6 +16,7 @@
 
 pub mod api;
 mod changes;
+mod conns;
 pub mod error;
 mod indexer;
 mod memex;
@@ -28,10 +32,11 @@ use hyper_util::service::TowerToHyperService;
 use selves_store::Store;
 use selves_wire::native::Limits;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 pub use api::{MemexRates, RateLimit};
 pub use changes::{CHANGE_POLL, ChangeFeed};
@@ -79,8 +84,14 @@ pub struct ServerConfig {
     pub memex: MemexRates,
     /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
-    /// How long a client may take to finish the TLS handshake.
+    /// How long a client may take to finish the TLS handshake (an address
+    /// that has not proved a token lately gets half of it).
     pub handshake_timeout: Duration,
+    /// How long a request body may pause between two reads.
+    pub body_timeout: Duration,
+    /// How long a whole request may take (408 past it); above the 25 s of
+    /// `/v1/changes`.
+    pub request_timeout: Duration,
     pub max_connections: usize,
     /// e.g. "selves 0.1.0".
     pub software: String,
@@ -126,12 +137,17 @@ pub async fn run(
     ));
     // Decompression wraps the router, so body limits count decompressed
     // bytes (a small gzip bomb cannot get past them).
+    let conns = app.conns.clone();
     let service = ServiceBuilder::new()
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(RequestBodyTimeoutLayer::new(config.body_timeout))
         .layer(RequestDecompressionLayer::new())
         .service(api::router(app));
     let acceptor = TlsAcceptor::from(config.tls);
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout);
@@ -152,17 +168,21 @@ pub async fn run(
                         continue;
                     }
                 };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%addr, "too many connections; refusing one");
+                let Some(slot) = conns.admit(addr.ip()) else {
+                    tracing::debug!(%addr, "too many connections; refusing one");
                     continue;
                 };
                 let acceptor = acceptor.clone();
                 let service = service.clone();
                 let http = http.clone();
                 let watcher = graceful.watcher();
-                let handshake_timeout = config.handshake_timeout;
+                let handshake_timeout = if slot.stranger() {
+                    config.handshake_timeout / 2
+                } else {
+                    config.handshake_timeout
+                };
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _slot = slot;
                     let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {

@@ -183,6 +183,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             memex: DEFAULT_MEMEX_RATES,
             header_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
             max_connections: 64,
             software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
             changes: None,

@@ -52,6 +52,12 @@ pub struct ServerSection {
     pub rate_burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_secs: Option<u64>,
+    /// Seconds a request body may pause between two reads (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds a whole request may take (300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memex_pushes_per_minute: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

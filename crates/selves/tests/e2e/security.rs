@@ -3,7 +3,7 @@
 use std::io::Read as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject as _;
@@ -346,4 +346,159 @@ fn failed_logins_are_throttled_and_reported() {
         "{brief:?}"
     );
     assert!(brief.stdout.contains("(throttled)"), "{brief:?}");
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any of
+/// 127.0.0.0/8 on Linux), standing for a host of its own.
+fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(to).await.unwrap();
+        stream.into_std().unwrap()
+    })
+}
+
+/// Whether the server still holds `s` open (not closed nor reset).
+fn still_open(s: &std::net::TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let open = matches!(
+        std::io::Read::read(&mut &*s, &mut buf),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    s.set_nonblocking(false).unwrap();
+    open
+}
+
+/// Strangers holding sockets open cannot lock a node's peers out: one
+/// address holds at most 16, strangers from many addresses fill only their
+/// share, and the peers' addresses keep room of their own.
+#[test]
+fn idle_sockets_from_strangers_cannot_lock_peers_out() {
+    let hub = crate::harness::Node::new("hub");
+    let server = hub.serve(&[]);
+    let laptop = crate::harness::Node::new("laptop");
+    laptop.pair(&hub, &server, "hub");
+    laptop.ok(&["sync"]);
+    // 100 idle sockets from one address, then 17 from each of 12 more.
+    let one: Vec<_> = (0..100)
+        .map(|_| connect_from("127.0.0.2", server.addr))
+        .collect();
+    let many: Vec<_> = (3..15)
+        .flat_map(|a| (0..17).map(move |_| a))
+        .map(|a| connect_from(&format!("127.0.0.{a}"), server.addr))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let open_one = one.iter().filter(|s| still_open(s)).count();
+    let open_many = many.iter().filter(|s| still_open(s)).count();
+    assert_eq!(open_one, 16, "one address holds at most 16 sockets");
+    assert_eq!(open_many, 192 - 16, "strangers fill 3/4 of the 256 places");
+    // While they hold on, the laptop still gets through, twice over.
+    laptop.ok(&["remember", "written during the flood"]);
+    let out = laptop.ok(&["sync"]);
+    assert!(out.contains("pushed 1"), "{out}");
+    assert_eq!(hub.rows(), 1);
+    drop((one, many));
+}
+
+/// Idle connections close fast: a TLS connection that sends no request
+/// within the header timeout, and one whose token was refused, at once.
+#[test]
+fn idle_and_refused_connections_are_closed() {
+    let hub = crate::harness::Node::new("hub");
+    let server = hub.serve(&["--header-timeout-secs", "2"]);
+    let line = hub.invite("x", &server);
+    let pin = crate::harness::blob_fingerprint(&line);
+    // A handshake, then nothing.
+    let mut idle = crate::harness::tls_stream(server.addr, pin);
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut idle, &mut buf);
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "an idle connection got an answer: {n:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A refused token on a keep-alive connection: answered, then closed.
+    let mut s = crate::harness::tls_stream(server.addr, pin);
+    let head = format!(
+        "POST /v1/hello HTTP/1.1\r\nHost: selves\r\nAuthorization: Bearer {:064x}\r\nContent-Length: 2\r\n\r\n{{}}",
+        7
+    );
+    std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+    let r = crate::harness::read_response(&mut s);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+/// A client with a good token cannot hold a connection with a body that
+/// never comes (a large Content-Length and silence), nor with one that
+/// trickles: the first ends when the body pauses, the second when the
+/// request's time is up, and the node keeps serving.
+#[test]
+fn bodies_that_never_come_or_trickle_are_cut_off() {
+    let hub = crate::harness::Node::new("hub");
+    let config = hub.home().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("body_timeout_secs = 1\nrequest_timeout_secs = 4\n");
+    std::fs::write(&config, text).unwrap();
+    let server = hub.serve(&[]);
+    let line = hub.invite("prober", &server);
+    let prober = crate::harness::Prober::new(&line, server.addr, 9);
+    assert_eq!(prober.hello().status, 200);
+    let pin = crate::harness::blob_fingerprint(&line);
+    let token = crate::harness::blob_token(&line);
+    let open = |len: &str| {
+        let mut s = crate::harness::tls_stream(server.addr, pin);
+        let head = format!(
+            "POST /v1/push HTTP/1.1\r\nHost: selves\r\nAuthorization: Bearer {token}\r\nselves-proof: {}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            prober.proof_header()
+        );
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        s
+    };
+    // Silence after the headers.
+    let started = Instant::now();
+    let mut silent = open("1000000");
+    let r = crate::harness::read_response(&mut silent);
+    assert!(r.status == 400 || r.status == 408, "{}", r.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // A byte every half second: never a pause of a second, but never done.
+    let started = Instant::now();
+    let mut slow = open("100000");
+    let mut answered = None;
+    for _ in 0..40 {
+        if std::io::Write::write_all(&mut slow, b" ").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        slow.get_ref().set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        let got = std::io::Read::read(&mut slow, &mut buf);
+        slow.get_ref().set_nonblocking(false).unwrap();
+        match got {
+            Ok(n) if n > 0 => {
+                answered = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                break;
+            }
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "held for {took:?}");
+    if let Some(a) = answered {
+        assert!(a.starts_with("HTTP/1.1 408"), "{a}");
+    }
+    assert_eq!(prober.hello().status, 200, "still serving");
 }
