@@ -98,6 +98,37 @@ pub enum StoreError {
     Integrity(String),
     #[error("this home's key does not belong to node {0}: was node.key copied from another home?")]
     WrongKey(NodeId),
+    #[error(
+        "the disk holding {0} is full: selves can read but not write (nothing was changed); free some space and try again"
+    )]
+    DiskFull(PathBuf),
+}
+
+impl StoreError {
+    /// Whether SQLite failed as it does when the disk is full (a full
+    /// disk shows as `SQLITE_FULL`, or as an I/O error growing a file).
+    fn is_disk_full_at(&self, dir: &Path) -> bool {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = self else {
+            return false;
+        };
+        f.code == rusqlite::ErrorCode::DiskFull
+            || (f.code == rusqlite::ErrorCode::SystemIoFailure && free_bytes(dir) < 1 << 20)
+    }
+}
+
+/// Bytes an unprivileged process may still write on the file system
+/// holding `dir` (`u64::MAX` if that cannot be told).
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return u64::MAX;
+    };
+    // SAFETY: `c` is a valid C string; `st` is written by statvfs only.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return u64::MAX;
+    }
+    (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
 }
 
 impl From<rusqlite::types::FromSqlError> for StoreError {
@@ -185,7 +216,11 @@ pub struct Store {
     readers: Mutex<Vec<Connection>>,
     /// The connection that writes `search.db`.
     search_writer: Mutex<Option<Connection>>,
-    checkpointer: Checkpointer,
+    /// `None` when read-only.
+    checkpointer: Option<Checkpointer>,
+    /// Opened read-only because the disk is full: reads work, every write
+    /// is refused with [`StoreError::DiskFull`].
+    read_only: bool,
 }
 
 const MAX_IDLE_READERS: usize = 4;
@@ -195,6 +230,94 @@ impl Store {
     /// whose key is `key`. Refuses a database that belongs to another node,
     /// and a key that cannot speak for `id`.
     pub fn open(
+        paths: &StorePaths,
+        id: &NodeId,
+        name: &Name,
+        key: selves_wire::sign::NodeKey,
+    ) -> Result<Store> {
+        let seed = *key.seed();
+        match Self::open_writable(paths, id, name, key) {
+            Err(e) if e.is_disk_full_at(paths.db.parent().unwrap_or(Path::new("."))) => {
+                let key = selves_wire::sign::NodeKey::from_seed(seed);
+                Self::open_read_only(paths, id, key).map_err(|_| e)
+            }
+            other => other,
+        }
+    }
+
+    /// The store of a home whose disk is full: every read works, every
+    /// write says the disk is full. Nothing is created or migrated. With
+    /// no write-ahead log left (the last writer closed cleanly) the files
+    /// are opened immutable, which needs no shared-memory file either.
+    /// [`Store::open`] falls back to it when the disk is full.
+    pub fn open_read_only(
+        paths: &StorePaths,
+        id: &NodeId,
+        key: selves_wire::sign::NodeKey,
+    ) -> Result<Store> {
+        let writer = open_ro(&paths.db)?;
+        let found: Option<String> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'node_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if found.as_deref() != Some(id.as_str()) {
+            return Err(StoreError::WrongNode {
+                found: found.unwrap_or_default(),
+                expected: id.clone(),
+            });
+        }
+        let (idx, name): (i64, String) = writer.query_row(
+            "SELECT id, name FROM nodes WHERE node_id = ?1",
+            [id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let stream = |name: &str| -> Result<i64> {
+            Ok(
+                writer.query_row("SELECT id FROM streams WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?,
+            )
+        };
+        let streams = Streams {
+            memory: stream(StreamName::memory().as_str())?,
+            nodes: stream(StreamName::nodes().as_str())?,
+        };
+        let instance: String =
+            writer.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })?;
+        Ok(Store {
+            paths: paths.clone(),
+            me: Me {
+                id: id.clone(),
+                name: name.parse().map_err(|_| {
+                    StoreError::Integrity(format!("this node's name {name:?} is not valid"))
+                })?,
+                idx,
+            },
+            streams,
+            key,
+            instance,
+            writer: Mutex::new(Writer {
+                conn: writer,
+                convs: memory::ConvCache::default(),
+                data_version: None,
+                deferred_pending: false,
+            }),
+            readers: Mutex::new(Vec::new()),
+            search_writer: Mutex::new(None),
+            checkpointer: None,
+            read_only: true,
+        })
+    }
+
+    /// Whether the store was opened read-only because its disk is full.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn open_writable(
         paths: &StorePaths,
         id: &NodeId,
         name: &Name,
@@ -284,7 +407,8 @@ impl Store {
             }),
             readers: Mutex::new(Vec::new()),
             search_writer: Mutex::new(None),
-            checkpointer,
+            checkpointer: Some(checkpointer),
+            read_only: false,
         };
         search::prepare(&store)?;
         Ok(store)
@@ -315,6 +439,9 @@ impl Store {
         durability: Durability,
         f: impl FnOnce(&rusqlite::Transaction<'_>, &mut memory::ConvCache) -> Result<T>,
     ) -> Result<T> {
+        if self.read_only {
+            return Err(StoreError::DiskFull(self.paths.db.clone()));
+        }
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let w = &mut *guard;
         // The level can only change outside a transaction; FULL is the
@@ -330,7 +457,9 @@ impl Store {
         // A FULL commit fsyncs the WAL, which makes every earlier frame
         // durable too.
         w.deferred_pending = durability == Durability::Deferred;
-        self.checkpointer.kick();
+        if let Some(c) = &self.checkpointer {
+            c.kick();
+        }
         Ok(out)
     }
 
@@ -383,6 +512,11 @@ impl Store {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
+            None if self.read_only => {
+                let c = open_ro(&self.paths.db)?;
+                c.execute("ATTACH DATABASE ?1 AS search", [ro_uri(&self.paths.search)])?;
+                c
+            }
             None => {
                 let c = open_conn(&self.paths.db)?;
                 c.pragma_update(None, "query_only", true)?;
@@ -607,6 +741,37 @@ pub(crate) fn open_conn(path: &Path) -> Result<Connection> {
     )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
+}
+
+/// A read-only connection to `path` that creates nothing: immutable if no
+/// write-ahead log is left beside it (so no shared-memory file is needed),
+/// else an ordinary read-only one.
+fn open_ro(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        ro_uri(path),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+fn ro_uri(path: &Path) -> String {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let logged = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    // Percent-encode what a URI path cannot hold as is.
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => uri.push_str(&format!("%{b:02X}")),
+            b if b.is_ascii() && !b.is_ascii_control() => uri.push(*b as char),
+            b => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str(if logged { "?mode=ro" } else { "?immutable=1" });
+    uri
 }
 
 /// Creates `path` with mode 0600 if it does not exist, so the database (which

@@ -102,6 +102,10 @@ impl Store {
     /// Indexes up to `chunk` rows that changed since the index last caught
     /// up, in one transaction. Returns how many it indexed.
     pub fn index_step(&self, chunk: usize) -> Result<usize> {
+        if self.read_only() {
+            // The disk is full: `search` reads past the index instead.
+            return Ok(0);
+        }
         let mut guard = self.search_writer.lock().unwrap_or_else(|p| p.into_inner());
         let conn = match guard.as_mut() {
             Some(c) => c,
@@ -187,17 +191,45 @@ impl Store {
                 ))
             },
         )?;
-        let mut hits = Vec::new();
+        let mut found = Vec::new();
         for row in rows {
-            let (row, rank, author) = row?;
-            let snippet = snippet(&row.text, &words);
-            hits.push(Hit {
+            found.push(row?);
+        }
+        drop(stmt);
+        if self.read_only() && (found.len() as u64) < q.limit.max(1) as u64 {
+            // The index cannot catch up on a full disk: rows written since
+            // it last did are read through, every word a substring.
+            let mut stmt = r.prepare(&format!(
+                "SELECT {ROW_COLUMNS}, 0.0,
+                    (SELECT COALESCE(name, node_id) FROM nodes WHERE id = m.author)
+                 FROM messages m JOIN conversations c ON c.id = m.conv
+                 WHERE m.arrival > (SELECT watermark FROM search.state WHERE id = 1)
+                   AND (?1 IS NULL OR m.origin = ?1)
+                   AND (?2 IS NULL OR c.source = ?2)
+                 ORDER BY m.arrival DESC"
+            ))?;
+            let lowered: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+            let mut rows = stmt.query(params![q.origin, q.source])?;
+            while let Some(row) = rows.next()? {
+                if found.len() >= q.limit.max(1) {
+                    break;
+                }
+                let row = (read_row(row, 0)?, row.get::<_, f64>(17)?, row.get(18)?);
+                let text = row.0.text.to_lowercase();
+                if lowered.iter().all(|w| text.contains(w.as_str())) {
+                    found.push(row);
+                }
+            }
+        }
+        let hits = found
+            .into_iter()
+            .map(|(row, rank, author)| Hit {
+                snippet: snippet(&row.text, &words),
                 row,
-                snippet,
                 rank,
                 author,
-            });
-        }
+            })
+            .collect();
         Ok(hits)
     }
 }

@@ -1035,3 +1035,63 @@ fn a_home_from_before_keys_is_migrated_in_place_and_its_history_relays() {
     let summary = d.store.apply(vec![forged], Durability::Full, 0).unwrap();
     assert_eq!(summary.refused.len(), 1, "{summary:?}");
 }
+
+/// A store opened read-only (as on a full disk) reads everything, finds
+/// rows the search index never caught up with, refuses every write with
+/// the reason, and creates no file beside the database.
+#[test]
+fn a_read_only_store_reads_all_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = StorePaths::in_dir(dir.path());
+    let id = key(1).public().node_id();
+    {
+        let store = Store::open(&paths, &id, &"a".parse().unwrap(), key(1)).unwrap();
+        store
+            .capture(
+                vec![
+                    row("c", "1", "indexed walrus"),
+                    row("c", "2", "lazy walrus"),
+                ],
+                &CaptureOptions::default(),
+            )
+            .unwrap();
+        store.catch_up_index(|_| {}).unwrap();
+        // Written after the index last caught up.
+        store
+            .capture(
+                vec![row("c", "3", "late walrus")],
+                &CaptureOptions::default(),
+            )
+            .unwrap();
+    }
+    let files = |d: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(dir.path());
+    let ro = Store::open_read_only(&paths, &id, key(1)).unwrap();
+    assert!(ro.read_only());
+    let hits = ro
+        .search(&SearchQuery {
+            text: "walrus".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(hits.len(), 3, "{hits:?}");
+    assert!(hits.iter().any(|h| h.row.text == "late walrus"));
+    assert_eq!(export(&ro).len(), 3);
+    assert!(ro.check().unwrap().is_empty());
+    let err = ro
+        .capture(vec![row("c", "4", "refused")], &CaptureOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
+    drop(ro);
+    assert_eq!(files(dir.path()), before, "nothing created or removed");
+    // Another node's id is refused, as by an ordinary open.
+    assert!(Store::open_read_only(&paths, &key(2).public().node_id(), key(2)).is_err());
+}

@@ -134,6 +134,8 @@ pub struct TrustHealth {
     pub quiet_callers: Vec<(String, Millis, Millis)>,
     /// Unknown tokens presented, per address.
     pub login_failures: Vec<selves_store::LoginFailures>,
+    /// The home's disk is full: the store was opened read-only.
+    pub disk_full: Option<std::path::PathBuf>,
 }
 
 /// Unknown tokens from one address in the last hour worth a line.
@@ -143,6 +145,15 @@ const LOGIN_FAILURES_SHOWN: u64 = 10;
 pub const REFUSAL_SHOWN_MS: Millis = 7 * 24 * 3600 * 1000;
 
 fn trust_problems(t: &TrustHealth, now: Millis, out: &mut Vec<Problem>) {
+    if let Some(home) = &t.disk_full {
+        out.push(Problem {
+            severity: Severity::Down,
+            line: format!(
+                "⚠ the disk holding {} is full: nothing can be written, so nothing syncs — free some space",
+                home.display()
+            ),
+        });
+    }
     for f in &t.login_failures {
         let (addr, count) = (&f.addr, f.count);
         if count < LOGIN_FAILURES_SHOWN || now - f.last_at > 3600 * 1000 {
@@ -602,6 +613,7 @@ mod tests {
             daemon_died_at: None,
             quiet_callers: Vec::new(),
             login_failures: Vec::new(),
+            disk_full: None,
             // Old refusals fade.
             token_claims: vec![(
                 "laptop".into(),

@@ -178,6 +178,7 @@ pub fn trust_health(
     let now = output::now_ms();
     let grants = store.token_grants()?;
     Ok(health::TrustHealth {
+        disk_full: store.read_only().then(|| home.to_owned()),
         daemon_died_at: crate::daemon::died_at(home),
         login_failures: store.login_failures()?,
         // A peer that calls in (claimed, not revoked) and went quiet past

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod full;
 mod harness;
 mod identity;
 mod join;
