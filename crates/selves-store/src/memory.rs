@@ -334,20 +334,16 @@ impl<'t, 'c> Materialiser<'t, 'c> {
 
     /// Joins the row's conversation metadata into its conversation; returns
     /// the conversation's id and whether the join changed it. Local-only
-    /// rows shape a conversation only until a synced row reaches it.
+    /// rows shape a conversation only until a synced row reaches it. A row
+    /// without a `conversation` object says nothing of its conversation (as
+    /// in memex, which upserts a conversation only from that object): it
+    /// contributes the join's identity, so it can neither rename the
+    /// conversation nor move its times. (Deriving times from the row's `ts`
+    /// made a title-less view newer than the titled one, and erased the
+    /// title everywhere.)
     fn contribute(&mut self, row: &Row, synced: bool) -> Result<(i64, bool)> {
-        let fallback;
-        let meta = match &row.conversation {
-            Some(m) => m,
-            None => {
-                fallback = ConversationMeta {
-                    first_ts: Some(row.ts),
-                    last_ts: Some(row.ts),
-                    ..ConversationMeta::default()
-                };
-                &fallback
-            }
-        };
+        let nothing = ConversationMeta::default();
+        let meta = row.conversation.as_ref().unwrap_or(&nothing);
         let cached = self
             .convs
             .0

@@ -250,3 +250,36 @@ fn local_only_rows_stay_home() {
     assert_eq!(on_hub[0]["text"], "synced");
     b.ok(&["verify"]);
 }
+
+/// A row without a `conversation` object (a memex client that sends none,
+/// an import of bare rows) says nothing of its conversation: the title and
+/// times a titled row gave stay, here and on every peer, in either order.
+#[test]
+fn rows_without_conversation_metadata_never_erase_a_title() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    let titled = json!({
+        "source": "cli", "conversation_id": "c1", "msg_id": "m1", "role": "user",
+        "text": "first", "ts": 1_716_800_000,
+        "conversation": {"title": "Trip plans", "first_ts": 1_716_800_000, "last_ts": 1_716_800_000}
+    });
+    let bare = |id: &str, ts: i64| {
+        json!({"source": "cli", "conversation_id": "c1", "msg_id": id, "role": "user",
+               "text": "a later message", "ts": ts})
+    };
+    // The bare row first on the hub, the titled one first on a.
+    hub.import(&[bare("m0", 1_716_700_000)]);
+    a.import(&[titled]);
+    a.import(&[bare("m2", 1_716_900_000)]);
+    a.ok(&["sync"]);
+    a.ok(&["sync"]);
+    for node in [&hub, a] {
+        let rows = node.export();
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        for r in &rows {
+            assert_eq!(r["conversation"]["title"], "Trip plans", "{r}");
+            assert_eq!(r["conversation"]["first_ts"], 1_716_800_000, "{r}");
+        }
+    }
+    a.ok(&["verify"]);
+}
