@@ -70,6 +70,9 @@ pub enum ShareError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Generated {
     Unchanged,
+    /// Left as it is for now: someone's own file, changed in the last two
+    /// seconds (it may be half written). Try again shortly.
+    Later,
     /// Written; a file there that selves had not generated was kept at
     /// `kept` first.
     Written {
@@ -196,23 +199,24 @@ impl Engine {
             None => None,
         };
         let mut kept = None;
+        // Someone's own file changed in the last two seconds may be half
+        // written (an editor that truncates, then writes): it is left for
+        // the next pass, so what is kept is what they wrote.
+        let fresh = || -> Result<bool, ShareError> {
+            Ok(root.stat(path)?.is_some_and(|seen| {
+                let now_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i64);
+                now_ns - seen.mtime_ns < 2_000_000_000
+            }))
+        };
         match head {
             Some(bytes) if bytes == content => return Ok(Generated::Unchanged),
-            // An empty file holds nothing to keep: an editor that
-            // truncates before it writes may be half way, so one changed
-            // in the last two seconds is left for the next pass, and an
-            // older one is simply replaced.
-            Some(bytes) if bytes.is_empty() => {
-                let fresh = root.stat(path)?.is_some_and(|seen| {
-                    let now_ns = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64);
-                    now_ns - seen.mtime_ns < 2_000_000_000
-                });
-                if fresh {
-                    return Ok(Generated::Unchanged);
-                }
+            Some(bytes) if !bytes.starts_with(header) && fresh()? => {
+                return Ok(Generated::Later);
             }
+            // An empty file holds nothing to keep: it is simply replaced.
+            Some(bytes) if bytes.is_empty() => {}
             Some(bytes) if !bytes.starts_with(header) => {
                 let mut target = keep_as.clone();
                 let mut n = 1;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use selves_share::{Engine, ShareError};
 use selves_store::{Layout, Share, ShareMode, Store, StorePaths};
+use selves_wire::file::RelPath;
 use selves_wire::native::Range;
 
 struct Node {
@@ -624,4 +625,48 @@ proptest! {
         }
         converged(&[&nodes[0], &nodes[1], &nodes[2]]);
     }
+}
+
+/// A generated page never replaces someone's own file while it may be half
+/// written (changed in the last two seconds, as by an editor that
+/// truncates, then writes): it waits, then keeps the file aside whole.
+#[test]
+fn a_generated_page_waits_for_a_file_being_written() {
+    let a = node(1, "a");
+    let page = RelPath::parse("SELVES.md").unwrap();
+    let keep = RelPath::parse("SELVES.user.md").unwrap();
+    let header = b"<!-- generated -->";
+    let content = b"<!-- generated -->\nthe page\n";
+    a.write("SELVES.md", b"my own no");
+    let r = a
+        .engine
+        .write_generated(&a.share, &page, content, header, &keep)
+        .unwrap();
+    assert!(matches!(r, selves_share::Generated::Later), "{r:?}");
+    assert_eq!(
+        std::fs::read(a.root.join("SELVES.md")).unwrap(),
+        b"my own no"
+    );
+    // The editor finished a while ago.
+    a.write("SELVES.md", b"my own notes\n");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(a.root.join("SELVES.md"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let r = a
+        .engine
+        .write_generated(&a.share, &page, content, header, &keep)
+        .unwrap();
+    assert!(
+        matches!(r, selves_share::Generated::Written { kept: Some(_) }),
+        "{r:?}"
+    );
+    assert_eq!(std::fs::read(a.root.join("SELVES.md")).unwrap(), content);
+    assert_eq!(
+        std::fs::read(a.root.join("SELVES.user.md")).unwrap(),
+        b"my own notes\n"
+    );
 }

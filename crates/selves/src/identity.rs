@@ -184,6 +184,9 @@ pub fn page(store: &Store) -> anyhow::Result<String> {
 pub struct Pages {
     pub written: Vec<String>,
     pub failed: Vec<String>,
+    /// Shares where a `SELVES.md` of someone's own was changed a moment
+    /// ago: left for a pass in a few seconds.
+    pub later: Vec<String>,
 }
 
 /// Renders the page and writes it into every two-way share whose content
@@ -207,6 +210,7 @@ pub fn write_pages(store: &Store, engine: &Engine) -> anyhow::Result<Pages> {
         }
         match engine.write_generated(&share, &path, page.as_bytes(), HEADER.as_bytes(), &keep) {
             Ok(Generated::Unchanged) => {}
+            Ok(Generated::Later) => pages.later.push(share.name.to_string()),
             Ok(Generated::Written { kept }) => {
                 if let Some(kept) = kept {
                     tracing::warn!(share = %share.name, kept = %kept, "a SELVES.md not written by selves was kept under another name");
@@ -227,6 +231,7 @@ pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
     let mut stop = ctx.stop.clone();
     // A page that cannot be written is said once, not every half minute.
     let mut failing: Vec<String> = Vec::new();
+    let mut soon = false;
     loop {
         let (store, engine) = (ctx.store.clone(), ctx.engine.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -243,6 +248,7 @@ pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
                     tracing::warn!("cannot write SELVES.md in {why}");
                 }
                 failing = pages.failed;
+                soon = !pages.later.is_empty();
             }
             Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "identity page"),
             Err(e) => tracing::warn!(error = %e, "identity page"),
@@ -254,7 +260,7 @@ pub(crate) async fn run(ctx: Arc<crate::daemon::Ctx>) {
                 }
                 true
             }
-            () = tokio::time::sleep(Duration::from_secs(30)) => false,
+            () = tokio::time::sleep(Duration::from_secs(if soon { 3 } else { 30 })) => false,
             _ = stop.wait_for(|s| *s) => return,
         };
         if changed {
