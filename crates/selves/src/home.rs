@@ -52,6 +52,9 @@ pub struct ServerSection {
     pub rate_burst: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_timeout_secs: Option<u64>,
+    /// Connections held at once (256); see docs/protocol.md, "Errors".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// Seconds a request body may pause between two reads (30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_timeout_secs: Option<u64>,

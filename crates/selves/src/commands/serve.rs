@@ -132,7 +132,7 @@ pub fn server_setup(home: &Home, args: ServeArgs) -> anyhow::Result<ServerSetup>
             handshake_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(cfg.body_timeout_secs.unwrap_or(30).max(1)),
             request_timeout: Duration::from_secs(cfg.request_timeout_secs.unwrap_or(300).max(1)),
-            max_connections: 256,
+            max_connections: cfg.max_connections.unwrap_or(256).max(4),
             software: concat!("selves ", env!("CARGO_PKG_VERSION")).to_owned(),
             changes: None,
         },

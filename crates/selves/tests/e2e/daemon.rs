@@ -35,8 +35,8 @@ fn saved_files_and_remembered_rows_reach_the_peer_within_seconds_both_ways() {
     std::fs::write(spoke_notes.join("plan.md"), "# Plan\nship the daemon\n").unwrap();
     let t = Instant::now();
     assert!(
-        wait_until(5, || hub_notes.join("plan.md").exists()),
-        "the file did not reach the hub in 5 s\n{}\n{}",
+        wait_until(30, || hub_notes.join("plan.md").exists()),
+        "the file did not reach the hub in 30 s\n{}\n{}",
         spoke.daemon_log(),
         hub.daemon_log()
     );
@@ -57,8 +57,8 @@ fn saved_files_and_remembered_rows_reach_the_peer_within_seconds_both_ways() {
     ]);
     let t = Instant::now();
     assert!(
-        wait_until(5, || found(&hub, "kettle descaler")),
-        "the row did not reach the hub in 5 s\n{}",
+        wait_until(30, || found(&hub, "kettle descaler")),
+        "the row did not reach the hub in 30 s\n{}",
         spoke.daemon_log()
     );
     eprintln!("spoke → hub row: {:?}", t.elapsed());
@@ -75,9 +75,9 @@ fn saved_files_and_remembered_rows_reach_the_peer_within_seconds_both_ways() {
     ]);
     let t = Instant::now();
     assert!(
-        wait_until(5, || spoke_notes.join("from-hub.md").exists()
+        wait_until(30, || spoke_notes.join("from-hub.md").exists()
             && found(&spoke, "lighthouse")),
-        "the hub's file and row did not reach the spoke in 5 s\n{}",
+        "the hub's file and row did not reach the spoke in 30 s\n{}",
         spoke.daemon_log()
     );
     eprintln!("hub → spoke file and row: {:?}", t.elapsed());
@@ -98,8 +98,10 @@ fn saved_files_and_remembered_rows_reach_the_peer_within_seconds_both_ways() {
 fn one_daemon_per_home_and_sigterm_stops_it_cleanly() {
     let node = Node::new("solo");
     let mut first = node.daemon(&[]);
-    assert!(wait_until(5, || node.json(&["status", "--json"])["daemon"]
-        == first.child.id()));
+    assert!(wait_until(
+        20,
+        || node.json(&["status", "--json"])["daemon"] == first.child.id()
+    ));
     let second = node.fails(&["daemon"], 1);
     assert!(
         second.stderr.contains("a daemon is already running"),
@@ -108,13 +110,16 @@ fn one_daemon_per_home_and_sigterm_stops_it_cleanly() {
     let t = Instant::now();
     let run = terminate(&mut first.child, 15);
     assert_eq!(run.code, 0, "{}", node.daemon_log());
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    // Stopped by the signal, not by the 15 s of `terminate`'s patience.
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
     assert!(node.daemon_log().contains("daemon stopped"));
     assert_eq!(node.json(&["status", "--json"])["daemon"], Value::Null);
     // The lock went with it: a new daemon starts.
     let again = node.daemon(&[]);
-    assert!(wait_until(5, || node.json(&["status", "--json"])["daemon"]
-        == again.child.id()));
+    assert!(wait_until(
+        20,
+        || node.json(&["status", "--json"])["daemon"] == again.child.id()
+    ));
 }
 
 #[test]

@@ -376,28 +376,33 @@ fn still_open(s: &std::net::TcpStream) -> bool {
 }
 
 /// Strangers holding sockets open cannot lock a node's peers out: one
-/// address holds at most 16, strangers from many addresses fill only their
-/// share, and the peers' addresses keep room of their own.
+/// address holds at most 1/16 of the places, strangers from many addresses
+/// fill only 3/4, and the peers' addresses keep room of their own.
 #[test]
 fn idle_sockets_from_strangers_cannot_lock_peers_out() {
     let hub = crate::harness::Node::new("hub");
+    // 32 places: 2 per stranger address, 24 for strangers in all.
+    let config = hub.home().join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_connections = 32\n");
+    std::fs::write(&config, text).unwrap();
     let server = hub.serve(&[]);
     let laptop = crate::harness::Node::new("laptop");
     laptop.pair(&hub, &server, "hub");
     laptop.ok(&["sync"]);
-    // 100 idle sockets from one address, then 17 from each of 12 more.
-    let one: Vec<_> = (0..100)
+    // 20 idle sockets from one address, then 3 from each of 12 more.
+    let one: Vec<_> = (0..20)
         .map(|_| connect_from("127.0.0.2", server.addr))
         .collect();
     let many: Vec<_> = (3..15)
-        .flat_map(|a| (0..17).map(move |_| a))
+        .flat_map(|a| (0..3).map(move |_| a))
         .map(|a| connect_from(&format!("127.0.0.{a}"), server.addr))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let open_one = one.iter().filter(|s| still_open(s)).count();
     let open_many = many.iter().filter(|s| still_open(s)).count();
-    assert_eq!(open_one, 16, "one address holds at most 16 sockets");
-    assert_eq!(open_many, 192 - 16, "strangers fill 3/4 of the 256 places");
+    assert_eq!(open_one, 2, "one address holds at most 2 of 32");
+    assert_eq!(open_many, 24 - 2, "strangers fill 3/4 of the places");
     // While they hold on, the laptop still gets through, twice over.
     laptop.ok(&["remember", "written during the flood"]);
     let out = laptop.ok(&["sync"]);
@@ -419,11 +424,19 @@ fn idle_and_refused_connections_are_closed() {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let n = std::io::Read::read(&mut idle, &mut buf);
+    // Closed by the server (EOF or reset), not timed out by the reader's
+    // 20 s.
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
     assert!(
-        matches!(n, Ok(0) | Err(_)),
-        "an idle connection got an answer: {n:?}"
+        matches!(&n, Ok(0)) || n.as_ref().is_err_and(|e| !timed_out(e)),
+        "an idle connection was not closed: {n:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(15));
     // A refused token on a keep-alive connection: answered, then closed.
     let mut s = crate::harness::tls_stream(server.addr, pin);
     let head = format!(
@@ -467,8 +480,9 @@ fn bodies_that_never_come_or_trickle_are_cut_off() {
     let mut silent = open("1000000");
     let r = crate::harness::read_response(&mut silent);
     assert!(r.status == 400 || r.status == 408, "{}", r.status);
+    // Cut off (a held connection would time the read out at 20 s).
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
         started.elapsed()
     );
@@ -496,7 +510,8 @@ fn bodies_that_never_come_or_trickle_are_cut_off() {
         }
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(10), "held for {took:?}");
+    // Cut off, where a held connection would trickle for 20 s.
+    assert!(took < Duration::from_secs(15), "held for {took:?}");
     if let Some(a) = answered {
         assert!(a.starts_with("HTTP/1.1 408"), "{a}");
     }
