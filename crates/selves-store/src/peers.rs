@@ -87,6 +87,9 @@ pub enum Protocol {
     Selves,
     /// memex v12 (`/sync/*`), with cursors kept here.
     Memex,
+    /// A remote medium: a git repository or a carried folder, holding
+    /// sealed segments (`selves_client::remote`); the key is the token.
+    Medium,
 }
 
 impl Protocol {
@@ -94,6 +97,7 @@ impl Protocol {
         match self {
             Protocol::Selves => "selves",
             Protocol::Memex => "memex",
+            Protocol::Medium => "medium",
         }
     }
 }
@@ -457,6 +461,10 @@ impl Store {
                 [remote.alias.as_str()],
             )?;
             tx.execute(
+                "DELETE FROM remote_cursors WHERE alias = ?1",
+                [remote.alias.as_str()],
+            )?;
+            tx.execute(
                 "INSERT OR REPLACE INTO remotes (alias, url, token, cert_fp, insecure, node_id,
                     node_name, added_at, protocol, pulled_to, pushed_to)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -506,6 +514,7 @@ impl Store {
                 url: r.get(1)?,
                 protocol: match r.get::<_, String>(13)?.as_str() {
                     "memex" => Protocol::Memex,
+                    "medium" => Protocol::Medium,
                     _ => Protocol::Selves,
                 },
                 pulled_to: r.get(14)?,
@@ -542,9 +551,77 @@ impl Store {
         })
     }
 
+    /// Per writer of a remote (git, folder): the last segment applied here.
+    pub fn remote_cursors(&self, alias: &str) -> Result<std::collections::HashMap<String, u64>> {
+        let r = self.reader()?;
+        let mut stmt =
+            r.prepare_cached("SELECT writer, segment FROM remote_cursors WHERE alias = ?1")?;
+        let rows = stmt.query_map([alias], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (w, n) = row?;
+            out.insert(w, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// Segment `n` of `writer` in remote `alias` is applied here (or was
+    /// written by this node): the cursor moves on, and what the remote
+    /// holds grows by `ends`. One transaction.
+    pub fn note_remote_segment(
+        &self,
+        alias: &str,
+        writer: &str,
+        n: u64,
+        ends: &[selves_wire::native::Head],
+    ) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO remote_cursors (alias, writer, segment) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET segment = max(segment, excluded.segment)",
+                params![alias, writer, n as i64],
+            )?;
+            for h in ends {
+                tx.execute(
+                    "INSERT INTO remote_heads (alias, node, stream, seq)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+                    params![alias, h.node.as_str(), h.stream.as_str(), h.seq as i64],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// What a remote holds, as this node last learnt it.
+    pub fn remote_heads(&self, alias: &str) -> Result<Vec<selves_wire::native::Head>> {
+        let r = self.reader()?;
+        let mut stmt =
+            r.prepare_cached("SELECT node, stream, seq FROM remote_heads WHERE alias = ?1")?;
+        let rows = stmt.query_map([alias], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, stream, seq) = row?;
+            if let (Ok(node), Ok(stream)) = (node.parse(), stream.parse()) {
+                out.push(selves_wire::native::Head::new(node, stream, seq as u64));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     pub fn remove_remote(&self, alias: &str) -> Result<bool> {
         self.write(|tx| {
             tx.execute("DELETE FROM remote_heads WHERE alias = ?1", [alias])?;
+            tx.execute("DELETE FROM remote_cursors WHERE alias = ?1", [alias])?;
             Ok(tx.execute("DELETE FROM remotes WHERE alias = ?1", [alias])? > 0)
         })
     }

@@ -314,6 +314,17 @@ const MIGRATIONS: &[&str] = &[
         throttled_at INTEGER
     ) WITHOUT ROWID;
     "#,
+    // 12: remotes (a git repository, a carried folder): per writer in the
+    // remote, the last segment applied here (or written, for this node's
+    // own). What the remote holds is in remote_heads, as for peers.
+    r#"
+    CREATE TABLE remote_cursors (
+        alias   TEXT NOT NULL,
+        writer  TEXT NOT NULL,
+        segment INTEGER NOT NULL,
+        PRIMARY KEY (alias, writer)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

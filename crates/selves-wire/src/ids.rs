@@ -126,6 +126,10 @@ impl Token {
     pub fn to_hex(&self) -> String {
         crate::hex(&self.0)
     }
+    /// The secret itself (a remote's key is held as a token).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
     /// What a server stores instead of the token.
     pub fn digest(&self) -> [u8; 32] {
         *crate::domain_hasher!("selves token digest v1")

@@ -77,7 +77,7 @@ pub fn assess(r: &Remote, waiting: u64, now: Millis) -> PeerHealth {
         consecutive_failures: r.consecutive_failures,
         last_error_class: r.last_error_class.clone(),
         last_error: r.last_error.clone(),
-        waiting_memories: (r.protocol == Protocol::Selves).then_some(waiting),
+        waiting_memories: (r.protocol != Protocol::Memex).then_some(waiting),
         down_after_ms,
         silent_ms,
         overdue,

@@ -56,6 +56,9 @@ enum Command {
     /// Manage peers: the ones this node dials and the ones it let in
     #[command(subcommand)]
     Peer(commands::peers::PeerCommand),
+    /// Sync through a git repository or a carried folder, end-to-end encrypted
+    #[command(subcommand)]
+    Remote(commands::remote::RemoteCommand),
     /// Replace a peer's token (the old one stops working) and print a new pair blob
     RotateToken(commands::peers::RotateArgs),
     /// Write one message into memory
@@ -132,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Join(a) => commands::join::join(home, a),
         Command::Pair(a) => commands::peers::pair(home, a),
         Command::Peer(c) => commands::peers::peer(home, c),
+        Command::Remote(c) => commands::remote::remote(home, c),
         Command::RotateToken(a) => commands::peers::rotate(home, a),
         Command::Remember(a) => commands::memory::remember(home, a),
         Command::Import(a) => commands::memory::import(home, a),

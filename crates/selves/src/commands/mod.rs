@@ -6,6 +6,7 @@ pub mod join;
 pub mod memory;
 pub mod node;
 pub mod peers;
+pub mod remote;
 pub mod serve;
 pub mod service;
 pub mod shares;

@@ -348,6 +348,7 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
                     p.pulled_to, p.pushed_to
                 )
             }
+            selves_store::Protocol::Medium => " [remote]".to_owned(),
         };
         println!("  {:<16} {:<32} {state}{kind}", p.alias, p.url);
     }

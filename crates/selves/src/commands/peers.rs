@@ -557,6 +557,7 @@ fn add(store: &std::sync::Arc<Store>, a: AddArgs) -> anyhow::Result<()> {
     let kind = match remote.protocol {
         Protocol::Selves => "peer",
         Protocol::Memex => "memex peer",
+        Protocol::Medium => "remote",
     };
     println!("added {kind} {} at {}", remote.alias, remote.url);
     Ok(())

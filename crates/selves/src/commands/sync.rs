@@ -80,6 +80,21 @@ fn chosen(store: &Store, peer: Option<String>, all: bool) -> anyhow::Result<Vec<
     }
 }
 
+/// `selves sync NAME`, as another command's last step.
+pub fn sync_named(home: Option<PathBuf>, peer: &str) -> anyhow::Result<()> {
+    sync(
+        home,
+        SyncArgs {
+            peer: Some(peer.to_owned()),
+            all: false,
+            json: false,
+            batch: None,
+            attempts: 5,
+            allow_mass_delete: false,
+        },
+    )
+}
+
 pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
@@ -206,13 +221,24 @@ pub(crate) async fn sync_peer(
     progress: &dyn selves_client::Progress,
 ) -> Result<SyncReport, selves_client::SyncError> {
     let alias = remote.alias.to_string();
-    let client = PeerClient::new(target(remote, store))?;
     let outcome = match remote.protocol {
         Protocol::Selves => {
+            let client = PeerClient::new(target(remote, store))?;
             selves_client::sync(store.clone(), engine, &client, opts, progress).await
         }
         Protocol::Memex => {
+            let client = PeerClient::new(target(remote, store))?;
             selves_client::sync_memex(store.clone(), &client, &alias, opts, progress).await
+        }
+        Protocol::Medium => {
+            // Git clones live in the home, beside the store.
+            let home = store
+                .paths()
+                .db
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            selves_client::sync_remote(store.clone(), remote, &home, progress).await
         }
     };
     let attempt = match &outcome {

@@ -18,6 +18,9 @@ use super::Ctx;
 use crate::commands::peers::target;
 
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// A git remote is pushed to at most this often after local changes
+/// (each push is a commit in its history).
+pub const GIT_SPACING: Duration = Duration::from_secs(30);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(120);
 
 /// Why the next round runs.
@@ -53,6 +56,7 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
         }
         local.borrow_and_update();
         remote.borrow_and_update();
+        let started = std::time::Instant::now();
         let ok = round(&ctx, &peer).await;
         let wait = if ok {
             backoff = FIRST_BACKOFF;
@@ -71,6 +75,14 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
         tracing::debug!(peer = %alias, ?wake, "next round");
         match wake {
             Wake::Stop => break,
+            // A git remote: one push (a commit) per spacing at most.
+            Wake::Local
+                if peer.protocol == Protocol::Medium
+                    && selves_client::remote::folder_of(&peer.url).is_none() =>
+            {
+                let spacing = GIT_SPACING.saturating_sub(started.elapsed());
+                tokio::time::sleep(spacing.max(ctx.settle)).await;
+            }
             // Let a burst of local writes settle into one round.
             Wake::Local => tokio::time::sleep(ctx.settle).await,
             Wake::Remote | Wake::Timer => {}

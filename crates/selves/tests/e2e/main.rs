@@ -11,6 +11,7 @@ mod join;
 mod memex_conformance;
 mod memex_peer;
 mod protocol;
+mod remote;
 mod scripted;
 mod security;
 mod service;

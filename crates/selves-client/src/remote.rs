@@ -1,0 +1,986 @@
+//! Remotes: syncing through a medium instead of with a peer. A medium is
+//! a folder that something else carries between machines (Syncthing,
+//! Dropbox, rsync: `folder:PATH`), or a git repository (any URL `git`
+//! takes). Nodes that can never reach each other converge through it.
+//!
+//! The medium never conflicts: each node writes only files of its own,
+//! never changed once written, under `w/<writer tag>/`:
+//!
+//! ```text
+//! selves-remote.json      {"format": "selves-remote 1", "group": …, "check": …}
+//! w/<tag>/1.seg           segment 1 of one writer: record batches, sealed
+//! w/<tag>/2.seg           …
+//! ```
+//!
+//! A segment holds record batches exactly as the native protocol carries
+//! them (from any origin: a node writes what it holds that the remote
+//! lacks, so the medium relays), compressed, then sealed with
+//! ChaCha20-Poly1305 under a key derived from the remote's key, which only
+//! the `selves-remote:` line carries. The additional data binds a segment
+//! to its group, writer and number, so a file moved or renamed does not
+//! open. Names reveal nothing but a writer tag (a keyed hash of the node
+//! id) and a number. A file shorter than its header says is still being
+//! copied (Syncthing, Dropbox) and is waited for, never reported; one that
+//! does not open is refused, reported, and nothing after it of that
+//! writer is applied.
+//!
+//! A reader keeps, per remote and writer, the last segment it applied
+//! (`remote_cursors`, moved only in the transaction after the apply) and
+//! what the remote holds (`remote_heads`): what to write is what this node
+//! holds beyond that. Records are verified by the store exactly as pulled
+//! ones (signatures, chains): the medium is trusted with nothing.
+//!
+//! Shares do not travel through remotes yet: memory and node cards do.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use selves_store::{Durability, Remote, Store};
+use selves_wire::native::{Head, Range, RecordBatch};
+use selves_wire::{NodeId, StreamName};
+use serde::{Deserialize, Serialize};
+
+use crate::replicate::{SyncReport, now_ms};
+use crate::{Progress, SyncError};
+
+/// The first word of the line `selves remote invite` prints.
+pub const LINE_PREFIX: &str = "selves-remote:";
+/// What `selves-remote.json` says it is.
+const FORMAT: &str = "selves-remote 1";
+const MANIFEST: &str = "selves-remote.json";
+/// A segment's first bytes.
+const MAGIC: &[u8; 8] = b"SLVSEG1\n";
+/// Records and bytes (before compression) per segment, at most.
+const SEGMENT_RECORDS: usize = 5000;
+const SEGMENT_BYTES: usize = 8 << 20;
+/// A segment never opens to more than this (no decompression bombs).
+const MAX_PLAIN: u64 = 64 << 20;
+
+/// What `selves remote invite` hands to another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteLine {
+    pub v: u32,
+    /// The remote's name where it was made (a default for the joiner).
+    pub name: String,
+    pub url: String,
+    /// The remote's key, hex.
+    pub key: String,
+    /// The group the remote's manifest names.
+    pub group: String,
+}
+
+impl RemoteLine {
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let json = serde_json::to_vec(self).expect("serialisable");
+        format!(
+            "{LINE_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    pub fn decode(line: &str) -> Result<RemoteLine, String> {
+        use base64::Engine as _;
+        let body = line
+            .trim()
+            .strip_prefix(LINE_PREFIX)
+            .ok_or_else(|| format!("a remote line starts with {LINE_PREFIX}"))?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| "the line is damaged (not base64): copy it whole".to_owned())?;
+        let line: RemoteLine = serde_json::from_slice(&json)
+            .map_err(|_| "the line is damaged: copy it whole".to_owned())?;
+        if line.v != 1 {
+            return Err(format!(
+                "the line is of version {}, this selves reads version 1: upgrade selves",
+                line.v
+            ));
+        }
+        Ok(line)
+    }
+}
+
+/// The plaintext file at the root of a remote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    format: String,
+    group: String,
+    /// Proves the key without revealing it: a reader with another key is
+    /// told so instead of failing on every segment.
+    check: String,
+}
+
+/// The keys a remote's key gives.
+struct Keys {
+    seal: LessSafeKey,
+    names: [u8; 32],
+    check: [u8; 32],
+}
+
+impl Keys {
+    fn new(key: &[u8; 32]) -> Keys {
+        let derive = |context: &str| blake3::derive_key(context, key);
+        Keys {
+            seal: LessSafeKey::new(
+                UnboundKey::new(&CHACHA20_POLY1305, &derive("selves remote seal v1"))
+                    .expect("a 32-byte key"),
+            ),
+            names: derive("selves remote names v1"),
+            check: derive("selves remote check v1"),
+        }
+    }
+
+    fn check(&self, group: &str) -> String {
+        selves_wire::hex(blake3::keyed_hash(&self.check, group.as_bytes()).as_bytes())
+    }
+
+    /// The folder name of a writer: a keyed hash of its node id.
+    fn tag(&self, node: &NodeId) -> String {
+        selves_wire::hex(
+            &blake3::keyed_hash(&self.names, node.as_str().as_bytes()).as_bytes()[..12],
+        )
+    }
+}
+
+/// Where a remote's files are, and how they travel.
+enum Medium {
+    /// A folder carried by something else; files appear in it.
+    Folder { root: PathBuf },
+    /// A clone of a git repository in the node's home.
+    Git { url: String, work: PathBuf },
+}
+
+/// Whether `url` names a folder (`folder:PATH`) rather than a git
+/// repository.
+pub fn folder_of(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("folder:")?;
+    Some(match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => PathBuf::from(path),
+    })
+}
+
+impl Medium {
+    fn new(url: &str, home: &Path, alias: &str) -> Medium {
+        match folder_of(url) {
+            Some(root) => Medium::Folder { root },
+            None => Medium::Git {
+                url: url.to_owned(),
+                work: home.join("remotes").join(alias),
+            },
+        }
+    }
+
+    fn root(&self) -> &Path {
+        match self {
+            Medium::Folder { root } => root,
+            Medium::Git { work, .. } => work,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Medium::Folder { root } => format!("folder:{}", root.display()),
+            Medium::Git { url, .. } => url.clone(),
+        }
+    }
+
+    /// Brings the local view up to date with the medium.
+    fn refresh(&self) -> Result<(), SyncError> {
+        match self {
+            Medium::Folder { root } => {
+                if root.is_dir() {
+                    Ok(())
+                } else {
+                    Err(SyncError::Network {
+                        url: self.url(),
+                        detail: "the folder is missing (not mounted, or not synced here yet?)"
+                            .into(),
+                    })
+                }
+            }
+            Medium::Git { url, work } => git_refresh(url, work),
+        }
+    }
+
+    /// Makes the files just written visible to the others.
+    fn publish(&self, what: &str) -> Result<(), SyncError> {
+        match self {
+            Medium::Folder { .. } => Ok(()),
+            Medium::Git { url, work } => git_publish(url, work, what),
+        }
+    }
+}
+
+/// A store-free summary of one remote for `remote add`/`join`.
+pub struct Opened {
+    pub group: String,
+    pub created: bool,
+}
+
+/// Opens the remote at `url` with `key`: checks its manifest, or with
+/// `create` makes one if the remote is empty. `home` holds git clones.
+pub fn open_remote(
+    url: &str,
+    key: &[u8; 32],
+    home: &Path,
+    alias: &str,
+    create: bool,
+) -> Result<Opened, SyncError> {
+    let medium = Medium::new(url, home, alias);
+    medium.refresh()?;
+    let keys = Keys::new(key);
+    let path = medium.root().join(MANIFEST);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let m = read_manifest(&medium, &bytes)?;
+            if m.check != keys.check(&m.group) {
+                return Err(wrong_key(&medium));
+            }
+            Ok(Opened {
+                group: m.group,
+                created: false,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            let mut group = [0u8; 16];
+            getrandom::fill(&mut group).map_err(|e| io_error(&medium, e.into()))?;
+            let group = selves_wire::hex(&group);
+            let m = Manifest {
+                format: FORMAT.into(),
+                check: keys.check(&group),
+                group: group.clone(),
+            };
+            let json = serde_json::to_vec_pretty(&m).expect("serialisable");
+            write_durably(&path, &json).map_err(|e| io_error(&medium, e))?;
+            medium.publish("selves: a new remote")?;
+            Ok(Opened {
+                group,
+                created: true,
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SyncError::NotFound {
+            url: medium.url(),
+            detail: format!("no {MANIFEST} there: not a selves remote (or not copied here yet)"),
+        }),
+        Err(e) => Err(io_error(&medium, e)),
+    }
+}
+
+fn read_manifest(medium: &Medium, bytes: &[u8]) -> Result<Manifest, SyncError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| SyncError::Protocol {
+        url: medium.url(),
+        detail: format!("{MANIFEST} is damaged: {e}"),
+    })?;
+    if m.format != FORMAT {
+        return Err(SyncError::ProtocolMismatch {
+            url: medium.url(),
+            theirs: m
+                .format
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            ours: 1,
+        });
+    }
+    Ok(m)
+}
+
+fn wrong_key(medium: &Medium) -> SyncError {
+    SyncError::Unauthorized {
+        url: medium.url(),
+        detail: "this remote was made with another key (another group's remote, or a line from another remote): join it with its own `selves-remote:` line".into(),
+    }
+}
+
+fn io_error(medium: &Medium, e: std::io::Error) -> SyncError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return SyncError::Store(selves_store::StoreError::Io {
+            path: medium.root().to_owned(),
+            source: e,
+        });
+    }
+    SyncError::Network {
+        url: medium.url(),
+        detail: e.to_string(),
+    }
+}
+
+/// Writes `bytes` at `path` whole: a temporary file beside it, fsynced,
+/// renamed, the folder fsynced. Readers never see part of it under its
+/// name (a carrier such as Syncthing may still show a part of it later).
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a file in a folder");
+    std::fs::create_dir_all(dir)?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(".selves-tmp-{}", selves_wire::hex(&suffix)));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Why a segment could not be read.
+enum SegmentError {
+    /// Shorter than it says: still being copied. Wait.
+    Incomplete,
+    /// Does not open, or opens to nonsense.
+    Damaged(String),
+}
+
+fn aad(group: &str, tag: &str, n: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(64);
+    aad.extend_from_slice(MAGIC);
+    aad.extend_from_slice(group.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(tag.as_bytes());
+    aad.extend_from_slice(&n.to_le_bytes());
+    aad
+}
+
+/// `MAGIC`, the sealed length (u64 LE), a 12-byte nonce, then the
+/// compressed batches sealed with their tag.
+fn seal(keys: &Keys, group: &str, tag: &str, n: u64, batches: &[RecordBatch]) -> Vec<u8> {
+    let json = serde_json::to_vec(batches).expect("serialisable");
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(&json).expect("writing to memory");
+    let mut body = z.finish().expect("writing to memory");
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).expect("the system's random source");
+    keys.seal
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(group, tag, n)),
+            &mut body,
+        )
+        .expect("sealing cannot fail for sizes this small");
+    let mut out = Vec::with_capacity(body.len() + 28);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&((body.len() + 12) as u64).to_le_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&body);
+    out
+}
+
+fn unseal(
+    keys: &Keys,
+    group: &str,
+    tag: &str,
+    n: u64,
+    mut bytes: Vec<u8>,
+) -> Result<Vec<RecordBatch>, SegmentError> {
+    if bytes.len() < 16 {
+        return if MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
+            Err(SegmentError::Incomplete)
+        } else {
+            Err(SegmentError::Damaged("not a selves segment".into()))
+        };
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(SegmentError::Damaged("not a selves segment".into()));
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    let have = (bytes.len() - 16) as u64;
+    if have < len {
+        return Err(SegmentError::Incomplete);
+    }
+    if have > len || len < 12 + 16 {
+        return Err(SegmentError::Damaged(format!(
+            "{have} bytes where its header says {len}"
+        )));
+    }
+    let nonce: [u8; 12] = bytes[16..28].try_into().expect("12 bytes");
+    let body = &mut bytes[28..];
+    let plain = keys
+        .seal
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(group, tag, n)),
+            body,
+        )
+        .map_err(|_| {
+            SegmentError::Damaged(
+                "it fails authentication (tampered with, damaged, or not where it was written)"
+                    .into(),
+            )
+        })?;
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(&plain[..])
+        .take(MAX_PLAIN + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| SegmentError::Damaged(format!("it does not decompress: {e}")))?;
+    if json.len() as u64 > MAX_PLAIN {
+        return Err(SegmentError::Damaged("it opens to more than 64 MiB".into()));
+    }
+    serde_json::from_slice(&json)
+        .map_err(|e| SegmentError::Damaged(format!("it holds no record batches: {e}")))
+}
+
+/// The writers' folders in a remote, and the segments in each, by number.
+fn list(root: &Path) -> std::io::Result<Vec<(String, Vec<u64>)>> {
+    let dir = root.join("w");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e?;
+        let Some(tag) = e.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if tag.len() != 24 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let mut segs = Vec::new();
+        for f in std::fs::read_dir(e.path())? {
+            let name = f?.file_name();
+            // Exactly `<n>.seg`: a carrier's temporary names (.syncthing.*,
+            // *.tmp, ~…) and ours (.selves-tmp-*) are not segments yet.
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .filter(|n| !n.starts_with('0'))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                segs.push(n);
+            }
+        }
+        segs.sort_unstable();
+        out.push((tag, segs));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One round with a remote: bring the medium up to date, apply what it
+/// holds that this node lacks, write what this node holds that it lacks.
+pub async fn sync_remote(
+    store: Arc<Store>,
+    remote: &Remote,
+    home: &Path,
+    progress: &dyn Progress,
+) -> Result<SyncReport, SyncError> {
+    let started = Instant::now();
+    let remote = remote.clone();
+    let home = home.to_owned();
+    let mut report = tokio::task::spawn_blocking(move || round(&store, &remote, &home, started))
+        .await
+        .map_err(|e| SyncError::Protocol {
+            url: "remote".into(),
+            detail: format!("the round failed: {e}"),
+        })??;
+    progress.pulled(report.pulled);
+    progress.pushed(report.pushed);
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+fn round(
+    store: &Arc<Store>,
+    remote: &Remote,
+    home: &Path,
+    started: Instant,
+) -> Result<SyncReport, SyncError> {
+    let alias = remote.alias.as_str();
+    let medium = Medium::new(&remote.url, home, alias);
+    medium.refresh()?;
+    let keys = Keys::new(remote.token.as_bytes());
+    let manifest = match std::fs::read(medium.root().join(MANIFEST)) {
+        Ok(bytes) => read_manifest(&medium, &bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SyncError::NotFound {
+                url: medium.url(),
+                detail: format!("no {MANIFEST} there: the remote is gone, or not copied here yet"),
+            });
+        }
+        Err(e) => return Err(io_error(&medium, e)),
+    };
+    if manifest.check != keys.check(&manifest.group) {
+        return Err(wrong_key(&medium));
+    }
+    let group = manifest.group;
+    let mut report = SyncReport::new(format!("remote {alias}"), None, "remote");
+
+    // Pull: every writer's segments past what was applied here.
+    let listed = list(medium.root()).map_err(|e| io_error(&medium, e))?;
+    let cursors = store.remote_cursors(alias)?;
+    let mut pending: Vec<(String, u64, Vec<RecordBatch>)> = Vec::new();
+    let mut waiting = Vec::new();
+    for (tag, segs) in &listed {
+        let mut next = cursors.get(tag).copied().unwrap_or(0) + 1;
+        while segs.binary_search(&next).is_ok() {
+            let path = medium
+                .root()
+                .join("w")
+                .join(tag)
+                .join(format!("{next}.seg"));
+            let bytes = std::fs::read(&path).map_err(|e| io_error(&medium, e))?;
+            match unseal(&keys, &group, tag, next, bytes) {
+                Ok(batches) => pending.push((tag.clone(), next, batches)),
+                Err(SegmentError::Incomplete) => {
+                    waiting.push(format!("w/{tag}/{next}.seg"));
+                    break;
+                }
+                Err(SegmentError::Damaged(why)) => {
+                    let reason = format!("segment w/{tag}/{next}.seg refused: {why}");
+                    tracing::warn!(remote = %alias, %reason, "remote segment refused");
+                    report.refused.push(reason);
+                    break;
+                }
+            }
+            next += 1;
+        }
+    }
+    if !waiting.is_empty() {
+        tracing::info!(remote = %alias, files = ?waiting, "segments still being copied; waiting for them");
+    }
+    apply_segments(store, alias, pending, &mut report)?;
+    report.durable_ms = started.elapsed().as_millis() as u64;
+
+    // Push: what this node holds beyond what the remote holds.
+    let theirs = store.remote_heads(alias)?;
+    let ours = store.heads()?;
+    let mut ranges = Vec::new();
+    for h in ours
+        .iter()
+        .filter(|h| h.stream.is_memory() || h.stream.is_nodes())
+    {
+        let have = theirs
+            .iter()
+            .find(|t| t.node == h.node && t.stream == h.stream)
+            .map_or(0, |t| t.seq);
+        if h.seq > have {
+            ranges.push(Range {
+                node: h.node.clone(),
+                stream: h.stream.clone(),
+                after: have,
+            });
+        }
+    }
+    if !ranges.is_empty() {
+        let me = store.me().id.clone();
+        let tag = keys.tag(&me);
+        let dir = medium.root().join("w").join(&tag);
+        // Numbered after every segment of this writer there is, so a
+        // number is never written twice (a home restored from a backup
+        // sees what it wrote since).
+        let mut n = list(medium.root())
+            .map_err(|e| io_error(&medium, e))?
+            .into_iter()
+            .find(|(t, _)| *t == tag)
+            .and_then(|(_, s)| s.last().copied())
+            .unwrap_or(0);
+        let mut written = Vec::new();
+        while !ranges.is_empty() {
+            let read = store.read_ranges(&ranges, SEGMENT_RECORDS, SEGMENT_BYTES)?;
+            if read.records == 0 {
+                break;
+            }
+            n += 1;
+            let bytes = seal(&keys, &group, &tag, n, &read.batches);
+            report.bytes += bytes.len() as u64;
+            write_durably(&dir.join(format!("{n}.seg")), &bytes)
+                .map_err(|e| io_error(&medium, e))?;
+            let mut ends = Vec::new();
+            for b in &read.batches {
+                let end = b.start + b.records.len() as u64 - 1;
+                if b.stream.is_memory() {
+                    report.pushed += b.records.len() as u64;
+                } else {
+                    report.cards_pushed += b.records.len() as u64;
+                }
+                ends.push(Head::new(b.node.clone(), b.stream.clone(), end));
+                if let Some(r) = ranges
+                    .iter_mut()
+                    .find(|r| r.node == b.node && r.stream == b.stream)
+                {
+                    r.after = end;
+                }
+            }
+            ranges.retain(|r| {
+                ours.iter()
+                    .any(|h| h.node == r.node && h.stream == r.stream && h.seq > r.after)
+            });
+            written.push((n, ends));
+        }
+        medium.publish(&format!(
+            "selves: {} writes {} segment(s)",
+            store.me().name,
+            written.len()
+        ))?;
+        // Only once the segments are out: this node's own are applied here
+        // already, and the remote holds them.
+        for (n, ends) in written {
+            store.note_remote_segment(alias, &tag, n, &ends)?;
+        }
+    }
+    report.peer_heads = store.remote_heads(alias)?;
+    if let Some(first) = report.refused.first() {
+        // What could be applied was; what follows a refused segment of
+        // its writer never is. Loud until the file is replaced.
+        return Err(SyncError::Protocol {
+            url: medium.url(),
+            detail: first.clone(),
+        });
+    }
+    Ok(report)
+}
+
+/// Applies what the segments hold, oldest first, each batch once the log
+/// it continues is held; moves each writer's cursor past the segments
+/// wholly applied (a segment whose records wait for another writer's is
+/// read again next round).
+fn apply_segments(
+    store: &Arc<Store>,
+    alias: &str,
+    pending: Vec<(String, u64, Vec<RecordBatch>)>,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut heads: std::collections::HashMap<(NodeId, StreamName), u64> = store
+        .heads()?
+        .into_iter()
+        .map(|h| ((h.node, h.stream), h.seq))
+        .collect();
+    // (tag, n, batches left, every batch's end)
+    let mut segs: Vec<(String, u64, Vec<RecordBatch>, Vec<Head>)> = pending
+        .into_iter()
+        .map(|(tag, n, batches)| {
+            let batches: Vec<RecordBatch> = batches
+                .into_iter()
+                .filter(|b| b.stream.is_memory() || b.stream.is_nodes())
+                .filter(|b| !b.records.is_empty())
+                .collect();
+            let ends = batches
+                .iter()
+                .map(|b| Head::new(b.node.clone(), b.stream.clone(), b.end()))
+                .collect();
+            (tag, n, batches, ends)
+        })
+        .collect();
+    let mut refused_logs: Vec<(NodeId, StreamName)> = Vec::new();
+    loop {
+        let mut ready = Vec::new();
+        for (_, _, batches, _) in &mut segs {
+            let mut i = 0;
+            while i < batches.len() {
+                let b = &batches[i];
+                let key = (b.node.clone(), b.stream.clone());
+                let held = heads.get(&key).copied().unwrap_or(0);
+                if refused_logs.contains(&key) || b.end() <= held {
+                    batches.remove(i);
+                } else if b.start <= held + 1 {
+                    heads.insert(key, b.end());
+                    ready.push(batches.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if ready.is_empty() {
+            break;
+        }
+        // Cards apart from memory, so each is counted as such.
+        let (cards, memory): (Vec<_>, Vec<_>) =
+            ready.into_iter().partition(|b| b.stream.is_nodes());
+        for (batches, are_cards) in [(memory, false), (cards, true)] {
+            if batches.is_empty() {
+                continue;
+            }
+            let summary = store.apply(batches, Durability::Deferred, now_ms())?;
+            for r in &summary.refused {
+                tracing::warn!(node = %r.node, stream = %r.stream, seq = r.seq, reason = %r.reason, "records from the remote refused");
+                refused_logs.push((r.node.clone(), r.stream.clone()));
+            }
+            report.refusals.extend(summary.refused);
+            if are_cards {
+                report.cards_pulled += summary.accepted;
+            } else {
+                report.pulled += summary.accepted;
+            }
+            report.duplicates += summary.duplicates;
+            report.changed_rows += summary.changed_rows;
+            report.voided.extend(summary.voided);
+        }
+        // What a refusal left unapplied is not held: heads as they are.
+        heads = store
+            .heads()?
+            .into_iter()
+            .map(|h| ((h.node, h.stream), h.seq))
+            .collect();
+    }
+    store.flush_deferred()?;
+    // Names come from the cards (signed by their nodes): no hello here.
+    let named: Vec<selves_wire::native::NodeInfo> = store
+        .cards()?
+        .into_iter()
+        .map(|c| selves_wire::native::NodeInfo {
+            id: c.id,
+            name: c.name,
+        })
+        .collect();
+    store.learn_nodes(&named)?;
+    // A writer's cursor moves over its segments in order, up to the first
+    // with records still waiting.
+    let mut stuck: Vec<String> = Vec::new();
+    for (tag, n, batches, ends) in segs {
+        if stuck.contains(&tag) {
+            continue;
+        }
+        if batches.is_empty() {
+            store.note_remote_segment(alias, &tag, n, &ends)?;
+        } else {
+            stuck.push(tag);
+        }
+    }
+    Ok(())
+}
+
+// --- git ------------------------------------------------------------------
+
+/// `git` with no terminal to ask on, ssh in batch mode.
+fn git(work: Option<&Path>) -> Command {
+    let mut cmd = Command::new("git");
+    if let Some(w) = work {
+        cmd.arg("-C").arg(w);
+    }
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GCM_INTERACTIVE", "never")
+        .stdin(std::process::Stdio::null());
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        let mut ssh = String::from("ssh -o BatchMode=yes");
+        if let Some(config) = std::env::var_os("SELVES_SSH_CONFIG") {
+            ssh.push_str(&format!(" -F '{}'", config.to_string_lossy()));
+        }
+        cmd.env("GIT_SSH_COMMAND", ssh);
+    }
+    cmd.args([
+        "-c",
+        "user.name=selves",
+        "-c",
+        "user.email=selves@localhost",
+    ]);
+    cmd.args(["-c", "commit.gpgsign=false", "-c", "core.autocrlf=false"]);
+    cmd
+}
+
+/// Runs `cmd`; a failure is classified from what git said.
+fn run_git(url: &str, mut cmd: Command) -> Result<String, SyncError> {
+    let out = cmd.output().map_err(|e| SyncError::Network {
+        url: url.to_owned(),
+        detail: format!("cannot run git: {e} (is git installed?)"),
+    })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(git_error(url, &String::from_utf8_lossy(&out.stderr)))
+}
+
+fn git_error(url: &str, stderr: &str) -> SyncError {
+    let detail = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("hint:"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let low = stderr.to_lowercase();
+    let url = url.to_owned();
+    if low.contains("permission denied")
+        || low.contains("authentication failed")
+        || low.contains("could not read username")
+        || low.contains("host key verification failed")
+    {
+        SyncError::Unauthorized { url, detail }
+    } else if low.contains("does not appear to be a git repository")
+        || low.contains("repository not found")
+        || low.contains("not found")
+    {
+        SyncError::NotFound { url, detail }
+    } else if low.contains("rejected") || low.contains("fetch first") {
+        SyncError::Conflict {
+            url,
+            code: "rejected".into(),
+            detail,
+        }
+    } else {
+        SyncError::Network { url, detail }
+    }
+}
+
+/// Clones the repository the first time; then fetches and puts what this
+/// node committed and did not push yet on top (never a conflict: every
+/// node adds only files of its own).
+fn git_refresh(url: &str, work: &Path) -> Result<(), SyncError> {
+    if !work.join(".git").is_dir() {
+        if let Some(parent) = work.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| SyncError::Network {
+                url: url.to_owned(),
+                detail: e.to_string(),
+            })?;
+        }
+        let _ = std::fs::remove_dir_all(work);
+        let mut clone = git(None);
+        clone.args(["clone", "--quiet", "--", url]).arg(work);
+        run_git(url, clone)?;
+        let mut head = git(Some(work));
+        head.args(["symbolic-ref", "HEAD", "refs/heads/main"]);
+        run_git(url, head)?;
+    }
+    let mut fetch = git(Some(work));
+    fetch.args(["fetch", "--quiet", "origin"]);
+    run_git(url, fetch)?;
+    let mut has = git(Some(work));
+    has.args([
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "refs/remotes/origin/main",
+    ]);
+    if has.output().map(|o| o.status.success()).unwrap_or(false) {
+        let mut local = git(Some(work));
+        local.args(["rev-parse", "--verify", "--quiet", "HEAD"]);
+        let born = local.output().map(|o| o.status.success()).unwrap_or(false);
+        let mut rebase = git(Some(work));
+        if born {
+            rebase.args(["rebase", "--quiet", "origin/main"]);
+        } else {
+            rebase.args(["reset", "--quiet", "--hard", "origin/main"]);
+        }
+        if let Err(e) = run_git(url, rebase) {
+            let mut abort = git(Some(work));
+            abort.args(["rebase", "--abort"]);
+            let _ = abort.output();
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Commits what was written and pushes; a push refused because another
+/// node pushed first is fetched, replayed and pushed again.
+fn git_publish(url: &str, work: &Path, what: &str) -> Result<(), SyncError> {
+    let mut add = git(Some(work));
+    add.args(["add", "--all", "--", "."]);
+    run_git(url, add)?;
+    let mut staged = git(Some(work));
+    staged.args(["diff", "--cached", "--quiet"]);
+    let nothing = staged.status().map(|s| s.success()).unwrap_or(false);
+    if !nothing {
+        let mut commit = git(Some(work));
+        commit.args(["commit", "--quiet", "--no-verify", "-m", what]);
+        run_git(url, commit)?;
+    }
+    let mut last = None;
+    for _ in 0..6 {
+        let mut push = git(Some(work));
+        push.args(["push", "--quiet", "origin", "HEAD:refs/heads/main"]);
+        match run_git(url, push) {
+            Ok(_) => return Ok(()),
+            Err(e @ SyncError::Conflict { .. }) => {
+                last = Some(e);
+                git_refresh(url, work)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("a rejected push"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_open_only_where_they_were_written() {
+        let keys = Keys::new(&[7; 32]);
+        let batches = vec![RecordBatch::new(
+            NodeId::from_bytes([1; 16]),
+            StreamName::memory(),
+            1,
+            vec![selves_wire::native::Record::Void("x".into())],
+        )];
+        let sealed = seal(&keys, "g", "t", 3, &batches);
+        assert_eq!(
+            unseal(&keys, "g", "t", 3, sealed.clone())
+                .ok()
+                .map(|b| b.len()),
+            Some(1)
+        );
+        // Another number, writer, group or key: refused.
+        assert!(matches!(
+            unseal(&keys, "g", "t", 4, sealed.clone()),
+            Err(SegmentError::Damaged(_))
+        ));
+        assert!(matches!(
+            unseal(&keys, "g", "u", 3, sealed.clone()),
+            Err(SegmentError::Damaged(_))
+        ));
+        assert!(matches!(
+            unseal(&keys, "h", "t", 3, sealed.clone()),
+            Err(SegmentError::Damaged(_))
+        ));
+        assert!(matches!(
+            unseal(&Keys::new(&[8; 32]), "g", "t", 3, sealed.clone()),
+            Err(SegmentError::Damaged(_))
+        ));
+        // Cut short: still being copied. A flipped byte: damaged.
+        for cut in [0, 5, 16, 30, sealed.len() - 1] {
+            assert!(
+                matches!(
+                    unseal(&keys, "g", "t", 3, sealed[..cut].to_vec()),
+                    Err(SegmentError::Incomplete)
+                ),
+                "{cut}"
+            );
+        }
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 20;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            unseal(&keys, "g", "t", 3, flipped),
+            Err(SegmentError::Damaged(_))
+        ));
+        let mut longer = sealed;
+        longer.push(0);
+        assert!(matches!(
+            unseal(&keys, "g", "t", 3, longer),
+            Err(SegmentError::Damaged(_))
+        ));
+    }
+
+    #[test]
+    fn lines_round_trip_and_refuse_damage() {
+        let line = RemoteLine {
+            v: 1,
+            name: "mem".into(),
+            url: "folder:/tmp/x".into(),
+            key: "ab".repeat(32),
+            group: "cd".repeat(16),
+        };
+        let text = line.encode();
+        assert!(text.starts_with(LINE_PREFIX));
+        assert_eq!(RemoteLine::decode(&text).unwrap(), line);
+        assert!(RemoteLine::decode("selves-pair:abc").is_err());
+        assert!(RemoteLine::decode(&text[..text.len() - 5]).is_err());
+    }
+}

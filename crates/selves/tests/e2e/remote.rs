@@ -1,0 +1,297 @@
+//! Remotes: nodes with no network path between them converge through a
+//! carried folder or a git repository, end-to-end encrypted.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::{Node, star};
+
+/// Every file under `dir`, with its content.
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn texts(node: &Node) -> Vec<String> {
+    let mut t: Vec<String> = node
+        .export()
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_owned())
+        .collect();
+    t.sort();
+    t
+}
+
+fn invite(node: &Node, name: &str) -> String {
+    node.ok(&["remote", "invite", name]).trim().to_owned()
+}
+
+/// The Railway case: a phone and a container that can never reach each
+/// other share a folder something else carries. Memory goes both ways,
+/// node names come with the cards, a third node bootstraps from the folder
+/// alone, and nothing in the folder is readable.
+#[test]
+fn nodes_with_no_path_between_them_converge_through_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let medium = dir.path().join("Sync/selves");
+    std::fs::create_dir_all(&medium).unwrap();
+    let url = format!("folder:{}", medium.display());
+    let phone = Node::new("phone");
+    phone.ok(&[
+        "remember",
+        "PLAINTEXT-MARKER the cabin key is under the stone",
+    ]);
+    let out = phone.ok(&["remote", "add", "sync", &url]);
+    assert!(out.contains("end-to-end encrypted"), "{out}");
+    phone.ok(&["sync", "sync"]);
+    let line = invite(&phone, "sync");
+    assert!(line.starts_with("selves-remote:"), "{line}");
+
+    let container = Node::new("container");
+    let out = container.ok(&["remote", "join", &line]);
+    assert!(out.contains("joined remote sync"), "{out}");
+    let found = container.ok(&["search", "cabin"]);
+    assert!(found.contains("[phone]"), "{found}");
+    container.ok(&["remember", "PLAINTEXT-MARKER written in the container"]);
+    container.ok(&["sync", "sync"]);
+    phone.ok(&["sync", "sync"]);
+    assert_eq!(texts(&phone), texts(&container));
+    assert_eq!(texts(&phone).len(), 2);
+    // Joining again at every boot changes nothing.
+    let again = container.ok(&["remote", "join", &line]);
+    assert!(again.contains("already joined"), "{again}");
+    assert!(again.contains("already in sync"), "{again}");
+    // A third node, from the folder alone.
+    let third = Node::new("laptop");
+    third.ok(&["remote", "join", &line]);
+    assert_eq!(texts(&third), texts(&phone));
+    third.ok(&["check"]);
+    // Nothing readable in the medium: no text, no node name.
+    for (path, bytes) in files(&medium) {
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in ["PLAINTEXT-MARKER", "cabin", "container", "phone"] {
+            assert!(!text.contains(secret), "{secret} in {}", path.display());
+        }
+    }
+    let listed = phone.json(&["remote", "list", "--json"]);
+    assert_eq!(listed[0]["kind"], "folder", "{listed}");
+    assert_eq!(phone.run(&["status", "--brief"]).code, 0);
+}
+
+/// What reaches a remote from any node relays on: A ↔ folder ↔ B ↔ HTTPS
+/// ↔ C, and C's memory reaches A, A's reaches C, origins untouched.
+#[test]
+fn a_remote_relays_to_and_from_peers() {
+    let (hub, _server, spokes) = star("hub", &["b"]);
+    let b = &spokes[0];
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    b.ok(&["remote", "add", "box", &url]);
+    let a = Node::new("a");
+    b.ok(&["sync", "box"]);
+    a.ok(&["remote", "join", &invite(b, "box")]);
+    hub.ok(&["remember", "from the hub"]);
+    a.ok(&["remember", "from a"]);
+    a.ok(&["sync", "box"]);
+    b.ok(&["sync", "--all"]);
+    b.ok(&["sync", "--all"]);
+    a.ok(&["sync", "box"]);
+    assert_eq!(texts(&a), ["from a", "from the hub"]);
+    assert_eq!(texts(&hub), ["from a", "from the hub"]);
+    let rows = hub.export();
+    let from_a = rows.iter().find(|r| r["text"] == "from a").unwrap();
+    assert_eq!(from_a["origin"], "a");
+}
+
+/// A carrier copies files in any order, and partly: a segment shorter
+/// than its header says is waited for, a later one waits for the earlier,
+/// and nothing is reported as damage. Once all is there, all is applied.
+#[test]
+fn segments_copied_partly_and_out_of_order_are_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (here, there) = (dir.path().join("here"), dir.path().join("there"));
+    std::fs::create_dir_all(&here).unwrap();
+    let writer = Node::new("writer");
+    writer.ok(&[
+        "remote",
+        "add",
+        "sync",
+        &format!("folder:{}", here.display()),
+    ]);
+    for i in 0..3 {
+        writer.ok(&["remember", &format!("note {i}")]);
+        writer.ok(&["sync", "sync"]);
+    }
+    let line = invite(&writer, "sync");
+    // The carrier has brought the manifest and segment 3 first, and half
+    // of segment 1.
+    let segs: Vec<(PathBuf, Vec<u8>)> = files(&here)
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let rel = |p: &Path| p.strip_prefix(&here).unwrap().to_owned();
+    let put = |p: &Path, bytes: &[u8]| {
+        let to = there.join(rel(p));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    };
+    put(
+        &here.join("selves-remote.json"),
+        &std::fs::read(here.join("selves-remote.json")).unwrap(),
+    );
+    let named = |n: &str| segs.iter().find(|(p, _)| p.ends_with(n)).unwrap();
+    let (p3, b3) = named("3.seg");
+    put(p3, b3);
+    let (p1, b1) = named("1.seg");
+    put(p1, &b1[..b1.len() / 2]);
+    // A carrier's temporary file beside it.
+    put(&p1.with_file_name(".syncthing.2.seg.tmp"), b"partial");
+
+    let reader = Node::new("reader");
+    let out = reader.ok(&[
+        "remote",
+        "join",
+        &line,
+        "--url",
+        &format!("folder:{}", there.display()),
+    ]);
+    assert!(!out.contains("refused"), "{out}");
+    assert!(texts(&reader).is_empty(), "{:?}", texts(&reader));
+    assert_eq!(reader.run(&["status", "--brief"]).code, 0);
+    // Segment 1 completes: its note arrives; 3 still waits for 2.
+    put(p1, b1);
+    reader.ok(&["sync", "sync"]);
+    assert_eq!(texts(&reader), ["note 0"]);
+    let (p2, b2) = named("2.seg");
+    put(p2, b2);
+    reader.ok(&["sync", "sync"]);
+    assert_eq!(texts(&reader), ["note 0", "note 1", "note 2"]);
+    reader.ok(&["check"]);
+}
+
+/// A segment that fails authentication is refused, said, and nothing of
+/// its writer after it is applied; a line with another key is refused
+/// before anything is read.
+#[test]
+fn tampered_segments_and_wrong_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    let writer = Node::new("writer");
+    writer.ok(&["remote", "add", "sync", &url]);
+    writer.ok(&["remember", "first"]);
+    writer.ok(&["sync", "sync"]);
+    writer.ok(&["remember", "second"]);
+    writer.ok(&["sync", "sync"]);
+    let line = invite(&writer, "sync");
+    let seg = files(dir.path())
+        .into_iter()
+        .find(|(p, _)| p.ends_with("1.seg"))
+        .unwrap();
+    let mut bytes = seg.1.clone();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    std::fs::write(&seg.0, &bytes).unwrap();
+
+    let reader = Node::new("reader");
+    let run = reader.run(&["remote", "join", &line]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("fails authentication"), "{run:?}");
+    assert!(
+        texts(&reader).is_empty(),
+        "nothing of a refused segment, nor after it"
+    );
+    let brief = reader.run(&["status", "--brief"]);
+    assert_ne!(brief.code, 0, "{brief:?}");
+    assert!(brief.stdout.contains("1.seg refused"), "{brief:?}");
+    // Put back as written, it is applied.
+    std::fs::write(&seg.0, &seg.1).unwrap();
+    reader.ok(&["sync", "sync"]);
+    assert_eq!(texts(&reader), ["first", "second"]);
+
+    // Another key: told so, nothing saved.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut v: serde_json::Value = serde_json::from_slice(
+        &b64.decode(line.strip_prefix("selves-remote:").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    v["key"] = serde_json::json!("11".repeat(32));
+    let forged = format!(
+        "selves-remote:{}",
+        b64.encode(serde_json::to_vec(&v).unwrap())
+    );
+    let other = Node::new("other");
+    let run = other.fails(&["remote", "join", &forged], 4);
+    assert!(run.stderr.contains("made with another key"), "{run:?}");
+    assert_eq!(
+        other.json(&["remote", "list", "--json"]),
+        serde_json::json!([])
+    );
+}
+
+/// A git repository (a bare one on disk, `file://`): two nodes write at
+/// once; the push that loses the race is replayed on top and pushed again
+/// by itself, and both converge.
+#[test]
+fn two_nodes_converge_through_a_git_repository_pushing_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("memory.git");
+    let ok = std::process::Command::new("git")
+        .args(["init", "--quiet", "--bare"])
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let url = format!("file://{}", bare.display());
+    let a = Node::new("a");
+    a.ok(&["remote", "add", "mem", &url]);
+    a.ok(&["remember", "a's first"]);
+    a.ok(&["sync", "mem"]);
+    let b = Node::new("b");
+    b.ok(&["remote", "join", &invite(&a, "mem")]);
+    assert_eq!(texts(&b), ["a's first"]);
+    for i in 0..3 {
+        a.ok(&["remember", &format!("a {i}")]);
+        b.ok(&["remember", &format!("b {i}")]);
+        // Both push at once: one is rejected and replays.
+        let (ra, rb) = std::thread::scope(|s| {
+            let ja = s.spawn(|| a.run(&["sync", "mem"]));
+            let jb = s.spawn(|| b.run(&["sync", "mem"]));
+            (ja.join().unwrap(), jb.join().unwrap())
+        });
+        assert_eq!(ra.code, 0, "{ra:?}");
+        assert_eq!(rb.code, 0, "{rb:?}");
+    }
+    a.ok(&["sync", "mem"]);
+    b.ok(&["sync", "mem"]);
+    assert_eq!(texts(&a), texts(&b));
+    assert_eq!(texts(&a).len(), 7);
+    // The repository holds ciphertext only.
+    let log = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&bare)
+        .args(["log", "--all", "-p", "--format=%s"])
+        .output()
+        .unwrap();
+    assert!(log.status.success());
+    let text = String::from_utf8_lossy(&log.stdout);
+    assert!(!text.contains("first"), "plaintext in the repository");
+    // A URL git cannot reach is said as such.
+    let c = Node::new("c");
+    let run = c.run(&["remote", "add", "gone", "file:///nonexistent/repo.git"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("nonexistent"), "{run:?}");
+}
