@@ -644,6 +644,66 @@ fn round(
     Ok(report)
 }
 
+/// What `selves verify` says of a remote: what it holds that this node
+/// has not applied, and what this node holds that it lacks.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteVerdict {
+    /// Segments past this node's cursors (complete or not).
+    pub segments_not_applied: u64,
+    /// (node, stream, here, there) where this node holds more.
+    pub ahead_here: Vec<(String, String, u64, u64)>,
+}
+
+impl RemoteVerdict {
+    pub fn converged(&self) -> bool {
+        self.segments_not_applied == 0 && self.ahead_here.is_empty()
+    }
+}
+
+/// Compares this node with what the remote holds now (after bringing the
+/// medium up to date), changing nothing here.
+pub fn verify_remote(
+    store: &Store,
+    remote: &Remote,
+    home: &Path,
+) -> Result<RemoteVerdict, SyncError> {
+    let alias = remote.alias.as_str();
+    let medium = Medium::new(&remote.url, home, alias);
+    medium.refresh()?;
+    let keys = Keys::new(remote.token.as_bytes());
+    let bytes = std::fs::read(medium.root().join(MANIFEST)).map_err(|e| io_error(&medium, e))?;
+    let manifest = read_manifest(&medium, &bytes)?;
+    if manifest.check != keys.check(&manifest.group) {
+        return Err(wrong_key(&medium));
+    }
+    let cursors = store.remote_cursors(alias)?;
+    let segments_not_applied = list(medium.root())
+        .map_err(|e| io_error(&medium, e))?
+        .iter()
+        .map(|(tag, segs)| {
+            let at = cursors.get(tag).copied().unwrap_or(0);
+            segs.iter().filter(|n| **n > at).count() as u64
+        })
+        .sum();
+    let theirs = store.remote_heads(alias)?;
+    let ahead_here = store
+        .heads()?
+        .into_iter()
+        .filter(|h| h.stream.is_memory() || h.stream.is_nodes())
+        .filter_map(|h| {
+            let there = theirs
+                .iter()
+                .find(|t| t.node == h.node && t.stream == h.stream)
+                .map_or(0, |t| t.seq);
+            (h.seq > there).then(|| (h.node.to_string(), h.stream.to_string(), h.seq, there))
+        })
+        .collect();
+    Ok(RemoteVerdict {
+        segments_not_applied,
+        ahead_here,
+    })
+}
+
 /// Applies what the segments hold, oldest first, each batch once the log
 /// it continues is held; moves each writer's cursor past the segments
 /// wholly applied (a segment whose records wait for another writer's is

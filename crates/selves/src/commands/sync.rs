@@ -279,6 +279,51 @@ pub(crate) async fn sync_peer(
     outcome
 }
 
+/// `selves verify` of a remote: converged when this node applied every
+/// segment the remote holds and the remote holds every record this node
+/// does (memory and cards; shares do not travel through remotes yet).
+fn verify_remote(home: &Home, store: &Store, remote: &Remote, json: bool) -> anyhow::Result<()> {
+    let verdict = selves_client::remote::verify_remote(store, remote, &home.dir)?;
+    if json {
+        output::print_json(&serde_json::json!({
+            "peer": remote.alias,
+            "converged": verdict.converged(),
+            "remote": verdict,
+        }))?;
+    } else if verdict.converged() {
+        println!(
+            "converged with remote {}: this node holds all it holds, and it all this node holds",
+            remote.alias
+        );
+    } else {
+        println!("NOT converged with remote {}:", remote.alias);
+        if verdict.segments_not_applied > 0 {
+            println!(
+                "  it holds {} not applied here",
+                output::count(verdict.segments_not_applied, "segment", "segments")
+            );
+        }
+        for (node, stream, here, there) in &verdict.ahead_here {
+            let node = node
+                .parse::<selves_wire::NodeId>()
+                .map_or(node.clone(), |n| {
+                    store
+                        .known_nodes()
+                        .ok()
+                        .and_then(|k| k.into_iter().find(|k| k.id == n))
+                        .map_or_else(|| n.short().to_owned(), |k| k.name.to_string())
+                });
+            println!("  {node} {stream}: {here} records here, {there} there");
+        }
+        println!("  run `selves sync {}` to converge", remote.alias);
+    }
+    if verdict.converged() {
+        Ok(())
+    } else {
+        Err(Exit(code::DIVERGED).into())
+    }
+}
+
 /// `shares_stopped`: a share stopped before the round (its scan), so the
 /// round cannot be called "in sync" even if nothing moved.
 fn print_result((result, _): &(PeerResult, Option<u8>), shares_stopped: bool) {
@@ -403,6 +448,9 @@ pub fn verify(home: Option<PathBuf>, args: VerifyArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
     let remote = chosen(&store, args.peer, false)?.remove(0);
+    if remote.protocol == Protocol::Medium {
+        return verify_remote(&home, &store, &remote, args.json);
+    }
     if remote.protocol == Protocol::Memex {
         bail!(
             "{} is a memex node: memex has no digest to compare; `selves sync {}` reports what moved",
