@@ -347,3 +347,81 @@ fn a_push_killed_midway_resumes_and_a_reader_gets_everything_once() {
     assert_eq!(ids.len(), 20_000);
     reader.ok(&["verify", "sync"]);
 }
+
+/// A git repository reached over the real `ssh` and `sshd`: a node with
+/// the key converges through it; a node whose key sshd refuses is told it
+/// was refused (exit 4), not that the remote is missing.
+#[test]
+fn a_git_remote_over_ssh_and_a_refused_key() {
+    let Some(sshd) = crate::tunnels::sshd() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("memory.git");
+    assert!(
+        std::process::Command::new("git")
+            .args(["init", "--quiet", "--bare"])
+            .arg(&bare)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (user, port) = sshd
+        .target()
+        .rsplit_once(':')
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .unwrap();
+    let url = format!("ssh://{user}:{port}{}", bare.display());
+    // An ssh config of the test's own: the key, and trust on first use.
+    let config = dir.path().join("ssh_config");
+    let config_for = |key: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "Host 127.0.0.1\n  IdentityFile {}\n  IdentitiesOnly yes\n  StrictHostKeyChecking accept-new\n  UserKnownHostsFile {}\n",
+                key.display(),
+                dir.path().join("known_hosts").display()
+            ),
+        )
+        .unwrap();
+    };
+    config_for(&sshd.key());
+    let run = |node: &Node, args: &[&str]| {
+        crate::harness::Run::from(
+            node.command(args)
+                .env("SELVES_SSH_CONFIG", &config)
+                .output()
+                .unwrap(),
+        )
+    };
+    let a = Node::new("a");
+    a.ok(&["remember", "over ssh"]);
+    let r = run(&a, &["remote", "add", "mem", &url]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = run(&a, &["sync", "mem"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = run(&a, &["remote", "invite", "mem"])
+        .stdout
+        .trim()
+        .to_owned();
+    let b = Node::new("b");
+    let r = run(&b, &["remote", "join", &line]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(texts(&b), ["over ssh"]);
+
+    // A key sshd does not know.
+    let stranger_key = dir.path().join("stranger_key");
+    assert!(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&stranger_key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    config_for(&stranger_key);
+    let c = Node::new("c");
+    let r = run(&c, &["remote", "join", &line]);
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(r.stderr.contains("Permission denied"), "{r:?}");
+}
