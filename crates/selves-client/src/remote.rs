@@ -10,6 +10,7 @@
 //! selves-remote.json      {"format": "selves-remote 1", "group": …, "check": …}
 //! w/<tag>/1.seg           segment 1 of one writer: record batches, sealed
 //! w/<tag>/2.seg           …
+//! w/<tag>/b/<name>.blob   a file's content a share record refers to, sealed
 //! ```
 //!
 //! A segment holds record batches exactly as the native protocol carries
@@ -30,7 +31,10 @@
 //! holds beyond that. Records are verified by the store exactly as pulled
 //! ones (signatures, chains): the medium is trusted with nothing.
 //!
-//! Shares do not travel through remotes yet: memory and node cards do.
+//! Shares travel as records and contents: a writer puts the content of
+//! every file version it writes out beside its segments (once per remote,
+//! whoever wrote it first), before the segment; a reader applies a share
+//! batch through the share engine once the contents it wants are there.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -39,13 +43,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use selves_store::{Durability, Remote, Store};
-use selves_wire::native::{Head, Range, RecordBatch};
+use selves_share::{Engine, ShareError};
+use selves_store::{Durability, Remote, Share, Store};
+use selves_wire::file::{BlobHash, BlobWant};
+use selves_wire::native::{Head, Range, Record, RecordBatch};
 use selves_wire::{NodeId, StreamName};
 use serde::{Deserialize, Serialize};
 
 use crate::replicate::{SyncReport, now_ms};
-use crate::{Progress, SyncError};
+use crate::{Progress, ShareSync, SyncError};
 
 /// The first word of the line `selves remote invite` prints.
 pub const LINE_PREFIX: &str = "selves-remote:";
@@ -59,6 +65,9 @@ const SEGMENT_RECORDS: usize = 5000;
 const SEGMENT_BYTES: usize = 8 << 20;
 /// A segment never opens to more than this (no decompression bombs).
 const MAX_PLAIN: u64 = 64 << 20;
+/// A file's content through a remote, at most.
+const MAX_BLOB: u64 = 1 << 30;
+const BLOB_MAGIC: &[u8; 8] = b"SLVBLB1\n";
 
 /// What `selves remote invite` hands to another node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +152,14 @@ impl Keys {
         selves_wire::hex(
             &blake3::keyed_hash(&self.names, node.as_str().as_bytes()).as_bytes()[..12],
         )
+    }
+
+    /// The file name of a content: a keyed hash of its hash.
+    fn blob_name(&self, hash: &BlobHash) -> String {
+        let mut h = blake3::Hasher::new_keyed(&self.names);
+        h.update(b"blob");
+        h.update(&hash.0);
+        selves_wire::hex(&h.finalize().as_bytes()[..16])
     }
 }
 
@@ -354,24 +371,29 @@ fn aad(group: &str, tag: &str, n: u64) -> Vec<u8> {
     aad
 }
 
-/// `MAGIC`, the sealed length (u64 LE), a 12-byte nonce, then the
-/// compressed batches sealed with their tag.
+/// A segment: its batches as JSON, sealed (see [`seal_bytes`]).
 fn seal(keys: &Keys, group: &str, tag: &str, n: u64, batches: &[RecordBatch]) -> Vec<u8> {
     let json = serde_json::to_vec(batches).expect("serialisable");
+    seal_bytes(keys, MAGIC, &aad(group, tag, n), &json)
+}
+
+/// `magic`, the sealed length (u64 LE), a 12-byte nonce, then `plain`
+/// compressed and sealed with its tag.
+fn seal_bytes(keys: &Keys, magic: &[u8; 8], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    z.write_all(&json).expect("writing to memory");
+    z.write_all(plain).expect("writing to memory");
     let mut body = z.finish().expect("writing to memory");
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).expect("the system's random source");
     keys.seal
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(group, tag, n)),
+            Aad::from(aad),
             &mut body,
         )
-        .expect("sealing cannot fail for sizes this small");
+        .expect("sealing cannot fail below 256 GiB");
     let mut out = Vec::with_capacity(body.len() + 28);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&((body.len() + 12) as u64).to_le_bytes());
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&body);
@@ -383,17 +405,40 @@ fn unseal(
     group: &str,
     tag: &str,
     n: u64,
-    mut bytes: Vec<u8>,
+    bytes: Vec<u8>,
 ) -> Result<Vec<RecordBatch>, SegmentError> {
+    let json = unseal_bytes(keys, MAGIC, &aad(group, tag, n), bytes, MAX_PLAIN)?;
+    serde_json::from_slice(&json)
+        .map_err(|e| SegmentError::Damaged(format!("it holds no record batches: {e}")))
+}
+
+/// A content's additional data: it opens only as the content of `hash`
+/// in this group.
+fn blob_aad(group: &str, hash: &BlobHash) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(80);
+    aad.extend_from_slice(BLOB_MAGIC);
+    aad.extend_from_slice(group.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&hash.0);
+    aad
+}
+
+fn unseal_bytes(
+    keys: &Keys,
+    magic: &[u8; 8],
+    aad: &[u8],
+    mut bytes: Vec<u8>,
+    max: u64,
+) -> Result<Vec<u8>, SegmentError> {
     if bytes.len() < 16 {
-        return if MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
+        return if magic.starts_with(&bytes[..bytes.len().min(8)]) {
             Err(SegmentError::Incomplete)
         } else {
-            Err(SegmentError::Damaged("not a selves segment".into()))
+            Err(SegmentError::Damaged("not a selves file".into()))
         };
     }
-    if &bytes[..8] != MAGIC {
-        return Err(SegmentError::Damaged("not a selves segment".into()));
+    if &bytes[..8] != magic {
+        return Err(SegmentError::Damaged("not a selves file".into()));
     }
     let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let have = (bytes.len() - 16) as u64;
@@ -409,27 +454,24 @@ fn unseal(
     let body = &mut bytes[28..];
     let plain = keys
         .seal
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(group, tag, n)),
-            body,
-        )
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), body)
         .map_err(|_| {
             SegmentError::Damaged(
                 "it fails authentication (tampered with, damaged, or not where it was written)"
                     .into(),
             )
         })?;
-    let mut json = Vec::new();
+    let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(&plain[..])
-        .take(MAX_PLAIN + 1)
-        .read_to_end(&mut json)
+        .take(max + 1)
+        .read_to_end(&mut out)
         .map_err(|e| SegmentError::Damaged(format!("it does not decompress: {e}")))?;
-    if json.len() as u64 > MAX_PLAIN {
-        return Err(SegmentError::Damaged("it opens to more than 64 MiB".into()));
+    if out.len() as u64 > max {
+        return Err(SegmentError::Damaged(format!(
+            "it opens to more than {max} bytes"
+        )));
     }
-    serde_json::from_slice(&json)
-        .map_err(|e| SegmentError::Damaged(format!("it holds no record batches: {e}")))
+    Ok(out)
 }
 
 /// The writers' folders in a remote, and the segments in each, by number.
@@ -474,6 +516,7 @@ fn list(root: &Path) -> std::io::Result<Vec<(String, Vec<u64>)>> {
 /// holds that this node lacks, write what this node holds that it lacks.
 pub async fn sync_remote(
     store: Arc<Store>,
+    engine: Arc<Engine>,
     remote: &Remote,
     home: &Path,
     progress: &dyn Progress,
@@ -481,109 +524,422 @@ pub async fn sync_remote(
     let started = Instant::now();
     let remote = remote.clone();
     let home = home.to_owned();
-    let mut report = tokio::task::spawn_blocking(move || round(&store, &remote, &home, started))
-        .await
-        .map_err(|e| SyncError::Protocol {
-            url: "remote".into(),
-            detail: format!("the round failed: {e}"),
-        })??;
+    let mut report = tokio::task::spawn_blocking(move || {
+        Round::open(&store, &engine, &remote, &home)?.run(started)
+    })
+    .await
+    .map_err(|e| SyncError::Protocol {
+        url: "remote".into(),
+        detail: format!("the round failed: {e}"),
+    })??;
     progress.pulled(report.pulled);
     progress.pushed(report.pushed);
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-fn round(
-    store: &Arc<Store>,
-    remote: &Remote,
-    home: &Path,
-    started: Instant,
-) -> Result<SyncReport, SyncError> {
-    let alias = remote.alias.as_str();
-    let medium = Medium::new(&remote.url, home, alias);
-    medium.refresh()?;
-    let keys = Keys::new(remote.token.as_bytes());
-    let manifest = match std::fs::read(medium.root().join(MANIFEST)) {
-        Ok(bytes) => read_manifest(&medium, &bytes)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SyncError::NotFound {
-                url: medium.url(),
-                detail: format!("no {MANIFEST} there: the remote is gone, or not copied here yet"),
+/// One round's context: the medium, opened with the right key.
+struct Round<'a> {
+    store: &'a Arc<Store>,
+    engine: &'a Arc<Engine>,
+    alias: &'a str,
+    medium: Medium,
+    keys: Keys,
+    group: String,
+    /// Contents in the remote, by file name: where each is.
+    blobs: std::collections::HashMap<String, PathBuf>,
+    report: SyncReport,
+}
+
+impl<'a> Round<'a> {
+    fn open(
+        store: &'a Arc<Store>,
+        engine: &'a Arc<Engine>,
+        remote: &'a Remote,
+        home: &Path,
+    ) -> Result<Round<'a>, SyncError> {
+        let alias = remote.alias.as_str();
+        let medium = Medium::new(&remote.url, home, alias);
+        medium.refresh()?;
+        let keys = Keys::new(remote.token.as_bytes());
+        let manifest = match std::fs::read(medium.root().join(MANIFEST)) {
+            Ok(bytes) => read_manifest(&medium, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SyncError::NotFound {
+                    url: medium.url(),
+                    detail: format!(
+                        "no {MANIFEST} there: the remote is gone, or not copied here yet"
+                    ),
+                });
+            }
+            Err(e) => return Err(io_error(&medium, e)),
+        };
+        if manifest.check != keys.check(&manifest.group) {
+            return Err(wrong_key(&medium));
+        }
+        let blobs = blob_index(medium.root()).map_err(|e| io_error(&medium, e))?;
+        Ok(Round {
+            store,
+            engine,
+            alias,
+            medium,
+            keys,
+            group: manifest.group,
+            blobs,
+            report: SyncReport::new(format!("remote {alias}"), None, "remote"),
+        })
+    }
+
+    fn run(mut self, started: Instant) -> Result<SyncReport, SyncError> {
+        let pending = self.read_segments()?;
+        self.apply_segments(pending)?;
+        self.report.durable_ms = started.elapsed().as_millis() as u64;
+        self.write_segments()?;
+        self.report.peer_heads = self.store.remote_heads(self.alias)?;
+        if let Some(first) = self.report.refused.first() {
+            // What could be applied was; what follows a refused segment of
+            // its writer never is. Loud until the file is replaced.
+            return Err(SyncError::Protocol {
+                url: self.medium.url(),
+                detail: first.clone(),
             });
         }
-        Err(e) => return Err(io_error(&medium, e)),
-    };
-    if manifest.check != keys.check(&manifest.group) {
-        return Err(wrong_key(&medium));
+        Ok(self.report)
     }
-    let group = manifest.group;
-    let mut report = SyncReport::new(format!("remote {alias}"), None, "remote");
 
-    // Pull: every writer's segments past what was applied here.
-    let listed = list(medium.root()).map_err(|e| io_error(&medium, e))?;
-    let cursors = store.remote_cursors(alias)?;
-    let mut pending: Vec<(String, u64, Vec<RecordBatch>)> = Vec::new();
-    let mut waiting = Vec::new();
-    for (tag, segs) in &listed {
-        let mut next = cursors.get(tag).copied().unwrap_or(0) + 1;
-        while segs.binary_search(&next).is_ok() {
-            let path = medium
-                .root()
-                .join("w")
-                .join(tag)
-                .join(format!("{next}.seg"));
-            let bytes = std::fs::read(&path).map_err(|e| io_error(&medium, e))?;
-            match unseal(&keys, &group, tag, next, bytes) {
-                Ok(batches) => pending.push((tag.clone(), next, batches)),
-                Err(SegmentError::Incomplete) => {
-                    waiting.push(format!("w/{tag}/{next}.seg"));
-                    break;
+    fn io(&self, e: std::io::Error) -> SyncError {
+        io_error(&self.medium, e)
+    }
+
+    /// Every writer's segments past what was applied here, in order, up
+    /// to the first that is incomplete (waited for) or refused.
+    fn read_segments(&mut self) -> Result<Vec<(String, u64, Vec<RecordBatch>)>, SyncError> {
+        let listed = list(self.medium.root()).map_err(|e| self.io(e))?;
+        // Cursors are reset when this node carries a share it did not
+        // (its records were passed over before).
+        let carried: Vec<String> = self
+            .store
+            .streams()?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let cursors = self
+            .store
+            .remote_cursors_covering(self.alias, &carried.join(","))?;
+        let mut pending = Vec::new();
+        let mut waiting = Vec::new();
+        for (tag, segs) in &listed {
+            let mut next = cursors.get(tag).copied().unwrap_or(0) + 1;
+            while segs.binary_search(&next).is_ok() {
+                let path = self
+                    .medium
+                    .root()
+                    .join("w")
+                    .join(tag)
+                    .join(format!("{next}.seg"));
+                let bytes = std::fs::read(&path).map_err(|e| self.io(e))?;
+                match unseal(&self.keys, &self.group, tag, next, bytes) {
+                    Ok(batches) => pending.push((tag.clone(), next, batches)),
+                    Err(SegmentError::Incomplete) => {
+                        waiting.push(format!("w/{tag}/{next}.seg"));
+                        break;
+                    }
+                    Err(SegmentError::Damaged(why)) => {
+                        let reason = format!("segment w/{tag}/{next}.seg refused: {why}");
+                        tracing::warn!(remote = %self.alias, %reason, "remote segment refused");
+                        self.report.refused.push(reason);
+                        break;
+                    }
                 }
-                Err(SegmentError::Damaged(why)) => {
-                    let reason = format!("segment w/{tag}/{next}.seg refused: {why}");
-                    tracing::warn!(remote = %alias, %reason, "remote segment refused");
-                    report.refused.push(reason);
-                    break;
+                next += 1;
+            }
+        }
+        if !waiting.is_empty() {
+            tracing::info!(remote = %self.alias, files = ?waiting, "segments still being copied; waiting for them");
+        }
+        Ok(pending)
+    }
+
+    /// Applies what the segments hold, oldest first, each batch once the
+    /// log it continues is held (and, for a share, once the contents it
+    /// needs are here); moves each writer's cursor past the segments wholly
+    /// applied. A segment whose records wait (for another writer's, or for
+    /// a content still being copied) is read again next round.
+    fn apply_segments(
+        &mut self,
+        pending: Vec<(String, u64, Vec<RecordBatch>)>,
+    ) -> Result<(), SyncError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let store = self.store;
+        let held = |store: &Store| -> Result<std::collections::HashMap<(NodeId, StreamName), u64>, SyncError> {
+            Ok(store
+                .heads()?
+                .into_iter()
+                .map(|h| ((h.node, h.stream), h.seq))
+                .collect())
+        };
+        let mut heads = held(store)?;
+        // (tag, n, batches left, every batch's end)
+        let mut segs: Vec<(String, u64, Vec<RecordBatch>, Vec<Head>)> = pending
+            .into_iter()
+            .map(|(tag, n, batches)| {
+                let batches: Vec<RecordBatch> = batches
+                    .into_iter()
+                    .filter(|b| !b.records.is_empty())
+                    .collect();
+                let ends = batches
+                    .iter()
+                    .map(|b| Head::new(b.node.clone(), b.stream.clone(), b.end()))
+                    .collect();
+                (tag, n, batches, ends)
+            })
+            .collect();
+        // Logs that cannot move on this round: refused, or a share batch
+        // waiting for contents.
+        let mut stopped: Vec<(NodeId, StreamName)> = Vec::new();
+        let mut shares: std::collections::HashMap<StreamName, Option<Share>> =
+            std::collections::HashMap::new();
+        loop {
+            let mut ready: Vec<(usize, RecordBatch)> = Vec::new();
+            for (at, (_, _, batches, _)) in segs.iter_mut().enumerate() {
+                let mut i = 0;
+                while i < batches.len() {
+                    let b = &batches[i];
+                    let key = (b.node.clone(), b.stream.clone());
+                    let have = heads.get(&key).copied().unwrap_or(0);
+                    let share = if b.stream.is_share() {
+                        shares
+                            .entry(b.stream.clone())
+                            .or_insert_with(|| store.share_of(&b.stream).ok().flatten())
+                            .clone()
+                    } else {
+                        None
+                    };
+                    // A share not carried here, or not taking changes: its
+                    // records are passed over (read again if it is added).
+                    let passed_over =
+                        b.stream.is_share() && share.as_ref().is_none_or(|s| !s.mode.receives());
+                    if passed_over || b.end() <= have {
+                        batches.remove(i);
+                    } else if stopped.contains(&key) {
+                        i += 1;
+                    } else if b.start <= have + 1 {
+                        heads.insert(key, b.end());
+                        ready.push((at, batches.remove(i)));
+                    } else {
+                        i += 1;
+                    }
                 }
             }
-            next += 1;
+            if ready.is_empty() {
+                break;
+            }
+            let mut memory = Vec::new();
+            let mut cards = Vec::new();
+            for (at, b) in ready {
+                if b.stream.is_memory() {
+                    memory.push(b);
+                } else if b.stream.is_nodes() {
+                    cards.push(b);
+                } else {
+                    let share = shares
+                        .get(&b.stream)
+                        .cloned()
+                        .flatten()
+                        .expect("only carried shares are ready");
+                    if !self.apply_share(&share, &b)? {
+                        stopped.push((b.node.clone(), b.stream.clone()));
+                        segs[at].2.insert(0, b);
+                    }
+                }
+            }
+            for (batches, are_cards) in [(memory, false), (cards, true)] {
+                if batches.is_empty() {
+                    continue;
+                }
+                let summary = store.apply(batches, Durability::Deferred, now_ms())?;
+                for r in &summary.refused {
+                    tracing::warn!(node = %r.node, stream = %r.stream, seq = r.seq, reason = %r.reason, "records from the remote refused");
+                    stopped.push((r.node.clone(), r.stream.clone()));
+                }
+                let report = &mut self.report;
+                report.refusals.extend(summary.refused);
+                if are_cards {
+                    report.cards_pulled += summary.accepted;
+                } else {
+                    report.pulled += summary.accepted;
+                }
+                report.duplicates += summary.duplicates;
+                report.changed_rows += summary.changed_rows;
+                report.voided.extend(summary.voided);
+            }
+            // What was refused or waits is not held: heads as they are.
+            heads = held(store)?;
         }
+        store.flush_deferred()?;
+        // Names come from the cards (signed by their nodes): no hello here.
+        let named: Vec<selves_wire::native::NodeInfo> = store
+            .cards()?
+            .into_iter()
+            .map(|c| selves_wire::native::NodeInfo {
+                id: c.id,
+                name: c.name,
+            })
+            .collect();
+        store.learn_nodes(&named)?;
+        // A writer's cursor moves over its segments in order, up to the
+        // first with records still waiting.
+        let mut stuck: Vec<String> = Vec::new();
+        for (tag, n, batches, ends) in segs {
+            if stuck.contains(&tag) {
+                continue;
+            }
+            if batches.is_empty() {
+                store.note_remote_segment(self.alias, &tag, n, &ends)?;
+            } else {
+                stuck.push(tag);
+            }
+        }
+        Ok(())
     }
-    if !waiting.is_empty() {
-        tracing::info!(remote = %alias, files = ?waiting, "segments still being copied; waiting for them");
-    }
-    apply_segments(store, alias, pending, &mut report)?;
-    report.durable_ms = started.elapsed().as_millis() as u64;
 
-    // Push: what this node holds beyond what the remote holds.
-    let theirs = store.remote_heads(alias)?;
-    let ours = store.heads()?;
-    let mut ranges = Vec::new();
-    for h in ours
-        .iter()
-        .filter(|h| h.stream.is_memory() || h.stream.is_nodes())
-    {
-        let have = theirs
-            .iter()
-            .find(|t| t.node == h.node && t.stream == h.stream)
-            .map_or(0, |t| t.seq);
-        if h.seq > have {
-            ranges.push(Range {
-                node: h.node.clone(),
-                stream: h.stream.clone(),
-                after: have,
-            });
-        }
+    /// The per-share line of the report.
+    fn share_line(&mut self, share: &Share) -> &mut ShareSync {
+        let name = share.name.to_string();
+        let at = match self.report.shares.iter().position(|s| s.share == name) {
+            Some(at) => at,
+            None => {
+                self.report.shares.push(ShareSync {
+                    share: name,
+                    ..ShareSync::default()
+                });
+                self.report.shares.len() - 1
+            }
+        };
+        &mut self.report.shares[at]
     }
-    if !ranges.is_empty() {
+
+    /// Applies one batch of a share: fetches the contents it wants from the
+    /// remote, then hands it to the engine. `false` when a content is not
+    /// (completely) there yet: the batch waits for the next round.
+    fn apply_share(&mut self, share: &Share, batch: &RecordBatch) -> Result<bool, SyncError> {
+        let err = |e: ShareError| SyncError::Share {
+            share: share.name.to_string(),
+            detail: e.to_string(),
+        };
+        for _ in 0..4 {
+            let wants = self.engine.wants(share, batch).map_err(err)?;
+            for want in wants {
+                if !self.fetch(share, &want)? {
+                    return Ok(false);
+                }
+            }
+            match self.engine.apply(share, batch.clone(), now_ms()) {
+                Ok(commit) => {
+                    if let Some(r) = commit.refused.first() {
+                        self.report.refused.push(format!(
+                            "share {}: records of node {} refused ({}): {}",
+                            share.name,
+                            r.node,
+                            r.kind.as_str(),
+                            r.reason
+                        ));
+                    }
+                    let line = self.share_line(share);
+                    line.pulled += commit.accepted;
+                    line.voided += commit.voided.len() as u64;
+                    return Ok(true);
+                }
+                Err(ShareError::MissingBlob(hash)) => {
+                    if !self.fetch(share, &BlobWant { hash, from: 0 })? {
+                        return Ok(false);
+                    }
+                }
+                // A file changed on disk while it was being replaced: the
+                // next try captures the change first.
+                Err(ShareError::Fs(selves_share::fsops::FsError::Changed { .. })) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Puts a content from the remote into the blob store: `false` if it
+    /// is not there (yet), or not whole.
+    fn fetch(&mut self, share: &Share, want: &BlobWant) -> Result<bool, SyncError> {
+        let name = self.keys.blob_name(&want.hash);
+        let Some(path) = self.blobs.get(&name).cloned() else {
+            return Ok(false);
+        };
+        let bytes = std::fs::read(&path).map_err(|e| self.io(e))?;
+        let aad = blob_aad(&self.group, &want.hash);
+        let plain = match unseal_bytes(&self.keys, BLOB_MAGIC, &aad, bytes, MAX_BLOB) {
+            Ok(p) => p,
+            Err(SegmentError::Incomplete) => return Ok(false),
+            Err(SegmentError::Damaged(why)) => {
+                let rel = path.strip_prefix(self.medium.root()).unwrap_or(&path);
+                self.report
+                    .refused
+                    .push(format!("content {} refused: {why}", rel.display()));
+                return Ok(false);
+            }
+        };
+        if BlobHash(*blake3::hash(&plain).as_bytes()) != want.hash {
+            self.report.refused.push(format!(
+                "content {} refused: it is not the content its name says",
+                path.display()
+            ));
+            return Ok(false);
+        }
+        let from = (want.from as usize).min(plain.len());
+        let tail = &plain[from..];
+        self.engine
+            .blobs()
+            .put(&want.hash, want.from, Some(tail.len() as u64), tail)
+            .map_err(|e| SyncError::Share {
+                share: share.name.to_string(),
+                detail: e.to_string(),
+            })?;
+        let line = self.share_line(share);
+        line.blobs_in += 1;
+        line.blob_bytes_in += tail.len() as u64;
+        Ok(true)
+    }
+
+    /// Writes what this node holds beyond what the remote holds: for a
+    /// share, the contents its records refer to first, then the segment.
+    fn write_segments(&mut self) -> Result<(), SyncError> {
+        let store = self.store;
+        let theirs = store.remote_heads(self.alias)?;
+        let ours = store.heads()?;
+        let carried = store.streams()?;
+        let mut ranges = Vec::new();
+        for h in ours.iter().filter(|h| carried.contains(&h.stream)) {
+            let have = theirs
+                .iter()
+                .find(|t| t.node == h.node && t.stream == h.stream)
+                .map_or(0, |t| t.seq);
+            if h.seq > have {
+                ranges.push(Range {
+                    node: h.node.clone(),
+                    stream: h.stream.clone(),
+                    after: have,
+                });
+            }
+        }
+        if ranges.is_empty() {
+            return Ok(());
+        }
         let me = store.me().id.clone();
-        let tag = keys.tag(&me);
-        let dir = medium.root().join("w").join(&tag);
+        let tag = self.keys.tag(&me);
+        let dir = self.medium.root().join("w").join(&tag);
         // Numbered after every segment of this writer there is, so a
         // number is never written twice (a home restored from a backup
         // sees what it wrote since).
-        let mut n = list(medium.root())
-            .map_err(|e| io_error(&medium, e))?
+        let mut n = list(self.medium.root())
+            .map_err(|e| self.io(e))?
             .into_iter()
             .find(|(t, _)| *t == tag)
             .and_then(|(_, s)| s.last().copied())
@@ -594,18 +950,23 @@ fn round(
             if read.records == 0 {
                 break;
             }
+            for b in read.batches.iter().filter(|b| b.stream.is_share()) {
+                self.write_contents(&dir, b)?;
+            }
             n += 1;
-            let bytes = seal(&keys, &group, &tag, n, &read.batches);
-            report.bytes += bytes.len() as u64;
-            write_durably(&dir.join(format!("{n}.seg")), &bytes)
-                .map_err(|e| io_error(&medium, e))?;
+            let bytes = seal(&self.keys, &self.group, &tag, n, &read.batches);
+            self.report.bytes += bytes.len() as u64;
+            write_durably(&dir.join(format!("{n}.seg")), &bytes).map_err(|e| self.io(e))?;
             let mut ends = Vec::new();
             for b in &read.batches {
-                let end = b.start + b.records.len() as u64 - 1;
+                let end = b.end();
+                let count = b.records.len() as u64;
                 if b.stream.is_memory() {
-                    report.pushed += b.records.len() as u64;
-                } else {
-                    report.cards_pushed += b.records.len() as u64;
+                    self.report.pushed += count;
+                } else if b.stream.is_nodes() {
+                    self.report.cards_pushed += count;
+                } else if let Some(share) = store.share_of(&b.stream)? {
+                    self.share_line(&share).pushed += count;
                 }
                 ends.push(Head::new(b.node.clone(), b.stream.clone(), end));
                 if let Some(r) = ranges
@@ -621,7 +982,7 @@ fn round(
             });
             written.push((n, ends));
         }
-        medium.publish(&format!(
+        self.medium.publish(&format!(
             "selves: {} writes {} segment(s)",
             store.me().name,
             written.len()
@@ -629,19 +990,88 @@ fn round(
         // Only once the segments are out: this node's own are applied here
         // already, and the remote holds them.
         for (n, ends) in written {
-            store.note_remote_segment(alias, &tag, n, &ends)?;
+            store.note_remote_segment(self.alias, &tag, n, &ends)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the content of every file version of `batch` into the remote,
+    /// unless it is there already (written by any node).
+    fn write_contents(&mut self, dir: &Path, batch: &RecordBatch) -> Result<(), SyncError> {
+        let Some(share) = self.store.share_of(&batch.stream)? else {
+            return Ok(());
+        };
+        for record in &batch.records {
+            let Record::File(v) = record else { continue };
+            let Some(hash) = v.blob.filter(|_| !v.deleted) else {
+                continue;
+            };
+            let name = self.keys.blob_name(&hash);
+            if self.blobs.contains_key(&name) {
+                continue;
+            }
+            let read = self
+                .engine
+                .read_blob(&share, &hash, 0)
+                .map_err(|e| SyncError::Share {
+                    share: share.name.to_string(),
+                    detail: e.to_string(),
+                })?;
+            let Some((mut reader, len)) = read else {
+                // Replaced here since: readers take the newer version.
+                tracing::debug!(share = %share.name, path = %v.path, "content no longer here");
+                continue;
+            };
+            if len > MAX_BLOB {
+                tracing::warn!(share = %share.name, path = %v.path, len, "too large for a remote; not sent");
+                continue;
+            }
+            let mut plain = Vec::with_capacity(len as usize);
+            reader.read_to_end(&mut plain).map_err(|e| self.io(e))?;
+            let sealed = seal_bytes(
+                &self.keys,
+                BLOB_MAGIC,
+                &blob_aad(&self.group, &hash),
+                &plain,
+            );
+            let path = dir.join("b").join(format!("{name}.blob"));
+            write_durably(&path, &sealed).map_err(|e| self.io(e))?;
+            self.blobs.insert(name, path);
+            let line = self.share_line(&share);
+            line.blobs_out += 1;
+            line.blob_bytes_out += plain.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Every content in a remote (`w/*/b/<name>.blob`), by name.
+fn blob_index(root: &Path) -> std::io::Result<std::collections::HashMap<String, PathBuf>> {
+    let mut out = std::collections::HashMap::new();
+    let dir = root.join("w");
+    let writers = match std::fs::read_dir(&dir) {
+        Ok(w) => w,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for w in writers {
+        let b = w?.path().join("b");
+        let Ok(files) = std::fs::read_dir(&b) else {
+            continue;
+        };
+        for f in files {
+            let f = f?;
+            if let Some(name) = f
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".blob"))
+                .filter(|n| n.len() == 32 && n.bytes().all(|c| c.is_ascii_hexdigit()))
+            {
+                out.entry(name.to_owned()).or_insert_with(|| f.path());
+            }
         }
     }
-    report.peer_heads = store.remote_heads(alias)?;
-    if let Some(first) = report.refused.first() {
-        // What could be applied was; what follows a refused segment of
-        // its writer never is. Loud until the file is replaced.
-        return Err(SyncError::Protocol {
-            url: medium.url(),
-            detail: first.clone(),
-        });
-    }
-    Ok(report)
+    Ok(out)
 }
 
 /// What `selves verify` says of a remote: what it holds that this node
@@ -702,118 +1132,6 @@ pub fn verify_remote(
         segments_not_applied,
         ahead_here,
     })
-}
-
-/// Applies what the segments hold, oldest first, each batch once the log
-/// it continues is held; moves each writer's cursor past the segments
-/// wholly applied (a segment whose records wait for another writer's is
-/// read again next round).
-fn apply_segments(
-    store: &Arc<Store>,
-    alias: &str,
-    pending: Vec<(String, u64, Vec<RecordBatch>)>,
-    report: &mut SyncReport,
-) -> Result<(), SyncError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut heads: std::collections::HashMap<(NodeId, StreamName), u64> = store
-        .heads()?
-        .into_iter()
-        .map(|h| ((h.node, h.stream), h.seq))
-        .collect();
-    // (tag, n, batches left, every batch's end)
-    let mut segs: Vec<(String, u64, Vec<RecordBatch>, Vec<Head>)> = pending
-        .into_iter()
-        .map(|(tag, n, batches)| {
-            let batches: Vec<RecordBatch> = batches
-                .into_iter()
-                .filter(|b| b.stream.is_memory() || b.stream.is_nodes())
-                .filter(|b| !b.records.is_empty())
-                .collect();
-            let ends = batches
-                .iter()
-                .map(|b| Head::new(b.node.clone(), b.stream.clone(), b.end()))
-                .collect();
-            (tag, n, batches, ends)
-        })
-        .collect();
-    let mut refused_logs: Vec<(NodeId, StreamName)> = Vec::new();
-    loop {
-        let mut ready = Vec::new();
-        for (_, _, batches, _) in &mut segs {
-            let mut i = 0;
-            while i < batches.len() {
-                let b = &batches[i];
-                let key = (b.node.clone(), b.stream.clone());
-                let held = heads.get(&key).copied().unwrap_or(0);
-                if refused_logs.contains(&key) || b.end() <= held {
-                    batches.remove(i);
-                } else if b.start <= held + 1 {
-                    heads.insert(key, b.end());
-                    ready.push(batches.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-        }
-        if ready.is_empty() {
-            break;
-        }
-        // Cards apart from memory, so each is counted as such.
-        let (cards, memory): (Vec<_>, Vec<_>) =
-            ready.into_iter().partition(|b| b.stream.is_nodes());
-        for (batches, are_cards) in [(memory, false), (cards, true)] {
-            if batches.is_empty() {
-                continue;
-            }
-            let summary = store.apply(batches, Durability::Deferred, now_ms())?;
-            for r in &summary.refused {
-                tracing::warn!(node = %r.node, stream = %r.stream, seq = r.seq, reason = %r.reason, "records from the remote refused");
-                refused_logs.push((r.node.clone(), r.stream.clone()));
-            }
-            report.refusals.extend(summary.refused);
-            if are_cards {
-                report.cards_pulled += summary.accepted;
-            } else {
-                report.pulled += summary.accepted;
-            }
-            report.duplicates += summary.duplicates;
-            report.changed_rows += summary.changed_rows;
-            report.voided.extend(summary.voided);
-        }
-        // What a refusal left unapplied is not held: heads as they are.
-        heads = store
-            .heads()?
-            .into_iter()
-            .map(|h| ((h.node, h.stream), h.seq))
-            .collect();
-    }
-    store.flush_deferred()?;
-    // Names come from the cards (signed by their nodes): no hello here.
-    let named: Vec<selves_wire::native::NodeInfo> = store
-        .cards()?
-        .into_iter()
-        .map(|c| selves_wire::native::NodeInfo {
-            id: c.id,
-            name: c.name,
-        })
-        .collect();
-    store.learn_nodes(&named)?;
-    // A writer's cursor moves over its segments in order, up to the first
-    // with records still waiting.
-    let mut stuck: Vec<String> = Vec::new();
-    for (tag, n, batches, ends) in segs {
-        if stuck.contains(&tag) {
-            continue;
-        }
-        if batches.is_empty() {
-            store.note_remote_segment(alias, &tag, n, &ends)?;
-        } else {
-            stuck.push(tag);
-        }
-    }
-    Ok(())
 }
 
 // --- git ------------------------------------------------------------------

@@ -567,6 +567,36 @@ impl Store {
         Ok(out)
     }
 
+    /// [`Store::remote_cursors`], for a node that carries `carried` (the
+    /// streams, joined): if it carried others when the cursors moved (a
+    /// share was added since), they start over, so what was passed over is
+    /// read again.
+    pub fn remote_cursors_covering(
+        &self,
+        alias: &str,
+        carried: &str,
+    ) -> Result<std::collections::HashMap<String, u64>> {
+        self.write(|tx| {
+            let covered: Option<String> = tx
+                .query_row(
+                    "SELECT covered FROM remotes WHERE alias = ?1",
+                    [alias],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten();
+            if covered.as_deref() != Some(carried) {
+                tx.execute("DELETE FROM remote_cursors WHERE alias = ?1", [alias])?;
+                tx.execute(
+                    "UPDATE remotes SET covered = ?2 WHERE alias = ?1",
+                    params![alias, carried],
+                )?;
+            }
+            Ok(())
+        })?;
+        self.remote_cursors(alias)
+    }
+
     /// Segment `n` of `writer` in remote `alias` is applied here (or was
     /// written by this node): the cursor moves on, and what the remote
     /// holds grows by `ends`. One transaction.

@@ -316,8 +316,11 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 12: remotes (a git repository, a carried folder): per writer in the
     // remote, the last segment applied here (or written, for this node's
-    // own). What the remote holds is in remote_heads, as for peers.
+    // own), and the streams this node carried then (`covered`: a share
+    // added since makes it read everything again). What the remote holds
+    // is in remote_heads, as for peers.
     r#"
+    ALTER TABLE remotes ADD COLUMN covered TEXT;
     CREATE TABLE remote_cursors (
         alias   TEXT NOT NULL,
         writer  TEXT NOT NULL,

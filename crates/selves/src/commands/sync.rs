@@ -238,7 +238,7 @@ pub(crate) async fn sync_peer(
                 .parent()
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_default();
-            selves_client::sync_remote(store.clone(), remote, &home, progress).await
+            selves_client::sync_remote(store.clone(), engine.clone(), remote, &home, progress).await
         }
     };
     let attempt = match &outcome {

@@ -425,3 +425,121 @@ fn a_git_remote_over_ssh_and_a_refused_key() {
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("Permission denied"), "{r:?}");
 }
+
+/// Shares through a folder remote: a knowledge folder both ways, with a
+/// conflict kept on both sides; session logs one way, appends included;
+/// a share added after the first round still gets everything; and no
+/// file name or content is readable in the medium.
+#[test]
+fn shares_travel_through_a_remote_conflicts_included() {
+    let dir = tempfile::tempdir().unwrap();
+    let medium = dir.path().join("medium");
+    std::fs::create_dir_all(&medium).unwrap();
+    let folder = |node: &Node, name: &str| {
+        let d = node.dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let phone = Node::new("phone");
+    let container = Node::new("container");
+    let (pk, ck) = (folder(&phone, "knowledge"), folder(&container, "knowledge"));
+    phone.ok(&["share", "add", "knowledge", pk.to_str().unwrap()]);
+    container.ok(&["share", "add", "knowledge", ck.to_str().unwrap()]);
+    std::fs::write(pk.join("plan.md"), "# Plan\nline one\nline two\n").unwrap();
+    std::fs::create_dir_all(pk.join("deep/er")).unwrap();
+    std::fs::write(pk.join("deep/er/SECRET-NAME.md"), "SECRET-CONTENT\n").unwrap();
+    phone.ok(&[
+        "remote",
+        "add",
+        "sync",
+        &format!("folder:{}", medium.display()),
+    ]);
+    phone.ok(&["sync", "sync"]);
+    container.ok(&["remote", "join", &invite(&phone, "sync")]);
+    assert_eq!(
+        std::fs::read_to_string(ck.join("plan.md")).unwrap(),
+        "# Plan\nline one\nline two\n"
+    );
+    assert!(ck.join("deep/er/SECRET-NAME.md").exists());
+
+    // Both edit the same line: both keep both versions.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(pk.join("plan.md"), "# Plan\nline one, phone\nline two\n").unwrap();
+    std::fs::write(
+        ck.join("plan.md"),
+        "# Plan\nline one, container\nline two\n",
+    )
+    .unwrap();
+    std::fs::write(ck.join("new.md"), "from the container\n").unwrap();
+    for _ in 0..2 {
+        phone.ok(&["sync", "sync"]);
+        container.ok(&["sync", "sync"]);
+    }
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = files(d)
+            .into_iter()
+            .map(|(p, _)| p.strip_prefix(d).unwrap().display().to_string())
+            .filter(|p| p != "SELVES.md")
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&pk), names(&ck));
+    assert!(
+        names(&pk).iter().any(|n| n.contains(".conflict-")),
+        "{:?}",
+        names(&pk)
+    );
+    assert_eq!(
+        std::fs::read_to_string(pk.join("new.md")).unwrap(),
+        "from the container\n"
+    );
+
+    // Session logs, one way, added after the first rounds.
+    let (ps, cs) = (folder(&phone, "sessions"), folder(&container, "sessions"));
+    std::fs::write(ps.join("s1.jsonl"), "{\"turn\":1}\n".repeat(1000)).unwrap();
+    phone.ok(&[
+        "share",
+        "add",
+        "sessions",
+        ps.to_str().unwrap(),
+        "--mode",
+        "send-only",
+    ]);
+    phone.ok(&["sync", "sync"]);
+    container.ok(&[
+        "share",
+        "add",
+        "sessions",
+        cs.to_str().unwrap(),
+        "--mode",
+        "receive-only",
+        "--layout",
+        "per-origin",
+    ]);
+    container.ok(&["sync", "sync"]);
+    let log = cs.join("phone/s1.jsonl");
+    assert_eq!(std::fs::read(&log).unwrap().len(), 11 * 1000);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(ps.join("s1.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"turn\":2}\n").unwrap();
+    drop(f);
+    phone.ok(&["sync", "sync"]);
+    container.ok(&["sync", "sync"]);
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        std::fs::read(ps.join("s1.jsonl")).unwrap()
+    );
+    phone.ok(&["verify", "sync"]);
+
+    for (path, bytes) in files(&medium) {
+        let text = String::from_utf8_lossy(&bytes);
+        let shown = path.display().to_string();
+        for secret in ["SECRET-NAME", "SECRET-CONTENT", "plan", "line one", "turn"] {
+            assert!(!text.contains(secret), "{secret} in {shown}");
+            assert!(!shown.contains(secret), "{secret} in the name {shown}");
+        }
+    }
+}
