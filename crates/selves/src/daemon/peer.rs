@@ -54,6 +54,16 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
                 ctx.stop.clone(),
             ))));
         }
+        if poller.is_none()
+            && peer.protocol == Protocol::Medium
+            && let Some(root) = selves_client::remote::folder_of(&peer.url)
+        {
+            poller = Some(AbortOnDrop(tokio::spawn(watch_folder(
+                root,
+                remote_tx.clone(),
+                ctx.stop.clone(),
+            ))));
+        }
         local.borrow_and_update();
         remote.borrow_and_update();
         let started = std::time::Instant::now();
@@ -146,6 +156,55 @@ async fn round(ctx: &Ctx, peer: &Remote) -> bool {
         Err(e) => {
             tracing::warn!(peer = %alias, class = e.class(), "sync failed: {e}");
             false
+        }
+    }
+}
+
+/// How often a folder remote is looked at for files other nodes wrote.
+const FOLDER_LOOK: Duration = Duration::from_secs(2);
+
+/// Watches a folder remote: a new or grown file among the writers'
+/// (what a carrier such as Syncthing brings) wakes the schedule. A look is
+/// a listing of `w/*/` and `w/*/b/`, a few dozen stats.
+async fn watch_folder(
+    root: std::path::PathBuf,
+    versions: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let look = move || -> u64 {
+        let mut h: u64 = 0;
+        let Ok(writers) = std::fs::read_dir(root.join("w")) else {
+            return 0;
+        };
+        for w in writers.flatten() {
+            for dir in [w.path(), w.path().join("b")] {
+                let Ok(files) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    if let Ok(m) = f.metadata() {
+                        let mtime = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_nanos() as u64);
+                        h = h.wrapping_add(m.len().wrapping_mul(31) ^ mtime);
+                    }
+                }
+            }
+        }
+        h
+    };
+    let mut last = None;
+    loop {
+        let now = tokio::task::spawn_blocking(look.clone()).await.unwrap_or(0);
+        if last.is_some_and(|l| l != now) {
+            versions.send_modify(|v| *v += 1);
+        }
+        last = Some(now);
+        tokio::select! {
+            () = tokio::time::sleep(FOLDER_LOOK) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -543,3 +543,28 @@ fn shares_travel_through_a_remote_conflicts_included() {
         }
     }
 }
+
+/// The daemon treats a remote as a peer: a row remembered on one node
+/// reaches another through a folder, with no `selves sync` typed anywhere
+/// (the writer pushes after the change; the reader sees the new file).
+#[test]
+fn daemons_sync_through_a_folder_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    let a = Node::new("a");
+    a.ok(&["remote", "add", "sync", &url]);
+    let b = Node::new("b");
+    b.ok(&["remote", "join", &invite(&a, "sync")]);
+    let _da = a.daemon(&[]);
+    let _db = b.daemon(&[]);
+    a.ok(&["remember", "the daemon carried this"]);
+    assert!(
+        crate::harness::wait_until(30, || texts(&b)
+            .contains(&"the daemon carried this".to_owned())),
+        "{}\n{}",
+        a.daemon_log(),
+        b.daemon_log()
+    );
+    let status = b.json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["health"]["state"], "ok", "{status}");
+}
