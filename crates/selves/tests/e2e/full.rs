@@ -129,3 +129,32 @@ fn reading_works_on_a_full_disk_and_writing_fails_clearly_losing_nothing() {
     node.ok(&["check"]);
     node.ok(&["status", "--brief"]);
 }
+
+/// A remote fetched into a home whose disk is full: the round fails saying
+/// so, nothing is half applied, and the next round after room is made
+/// brings everything.
+#[test]
+fn fetching_from_a_remote_onto_a_full_disk_fails_clearly_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    let writer = Node::new("writer");
+    writer.ok(&["remote", "add", "sync", &url]);
+    writer.ok(&["sync", "sync"]);
+    let line = writer.ok(&["remote", "invite", "sync"]);
+    let reader = Node::new("reader");
+    reader.ok(&["remote", "join", line.trim()]);
+    writer.import(&rows("carried while the disk was full", "c9", 300, 2000));
+    writer.ok(&["sync", "sync"]);
+    let Some(disk) = FullDisk::under(&reader) else {
+        return;
+    };
+    let run = reader.run(&["sync", "sync"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("is full"), "{run:?}");
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    disk.free();
+    reader.ok(&["check"]);
+    reader.ok(&["sync", "sync"]);
+    assert_eq!(reader.rows(), 300);
+    reader.ok(&["verify", "sync"]);
+}

@@ -100,6 +100,20 @@ fn nodes_with_no_path_between_them_converge_through_a_folder() {
     let listed = phone.json(&["remote", "list", "--json"]);
     assert_eq!(listed[0]["kind"], "folder", "{listed}");
     assert_eq!(phone.run(&["status", "--brief"]).code, 0);
+    // The folder goes away (unmounted, not synced here): said, not fatal.
+    let away = dir.path().join("away");
+    std::fs::rename(&medium, &away).unwrap();
+    let run = phone.fails(&["sync", "sync"], 5);
+    assert!(run.stderr.contains("the folder is missing"), "{run:?}");
+    assert!(
+        phone
+            .run(&["status", "--brief"])
+            .stdout
+            .contains("folder is missing")
+    );
+    std::fs::rename(&away, &medium).unwrap();
+    phone.ok(&["sync", "sync"]);
+    assert_eq!(phone.run(&["status", "--brief"]).code, 0);
 }
 
 /// What reaches a remote from any node relays on: A ↔ folder ↔ B ↔ HTTPS
