@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
     about = "Keeps an AI assistant's memory converged across every machine it runs on",
     long_about = "Keeps an AI assistant's memory converged across every machine it runs on.\n\n\
         Each node keeps a full local copy of memory in SQLite and syncs it, and the folders it\n\
-        shares, with its peers over pinned HTTPS.\n\
+        shares, with its peers over pinned HTTPS, or through a git repository or a carried folder.\n\
         The node lives in SELVES_HOME (default ~/.selves).",
     after_help = "Exit codes: 0 ok, 1 failed, 2 usage, 3 diverged (verify), 4 token refused, \
         5 peer unreachable, 6 certificate refused, 7 protocol version mismatch. \

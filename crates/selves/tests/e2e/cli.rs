@@ -207,7 +207,7 @@ fn help_lists_the_commands() {
         Keeps an AI assistant's memory converged across every machine it runs on.
 
         Each node keeps a full local copy of memory in SQLite and syncs it, and the folders it
-        shares, with its peers over pinned HTTPS.
+        shares, with its peers over pinned HTTPS, or through a git repository or a carried folder.
         The node lives in SELVES_HOME (default ~/.selves).
 
         Usage: selves [OPTIONS] <COMMAND>
@@ -220,6 +220,7 @@ fn help_lists_the_commands() {
           join          Join a hub from a join blob: tunnel, first sync, self-test, all in one
           pair          Register a hub from a pair blob (and check it answers)
           peer          Manage peers: the ones this node dials and the ones it let in
+          remote        Sync through a git repository or a carried folder, end-to-end encrypted
           rotate-token  Replace a peer's token (the old one stops working) and print a new pair blob
           remember      Write one message into memory
           import        Import rows (JSON lines, the memex Row shape) into memory
