@@ -97,26 +97,12 @@ fn plainly(e: SyncError) -> anyhow::Error {
     Exit(output::sync_code(&e)).into()
 }
 
+/// A remote medium: a peer row whose token is the remote's key.
 fn medium(alias: Name, url: String, key: Token) -> Remote {
     Remote {
-        alias,
-        url,
         protocol: Protocol::Medium,
-        pulled_to: 0,
-        pushed_to: 0,
-        token: key,
-        cert_fp: None,
         insecure: false,
-        node_id: None,
-        node_name: None,
-        added_at: now_ms(),
-        last_attempt_at: None,
-        last_success_at: None,
-        consecutive_failures: 0,
-        last_error: None,
-        last_error_class: None,
-        down_after_ms: None,
-        joined_at: None,
+        ..crate::commands::peers::new_remote(alias, url, key, None)
     }
 }
 
