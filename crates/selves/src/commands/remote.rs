@@ -14,7 +14,7 @@ use selves_store::{Protocol, Remote};
 use selves_wire::{Name, Token};
 
 use crate::home::Home;
-use crate::output::{self, Exit, now_ms};
+use crate::output::{self, Exit};
 
 #[derive(Subcommand)]
 pub enum RemoteCommand {
