@@ -699,6 +699,8 @@ impl<'a> Round<'a> {
         // Logs that cannot move on this round: refused, or a share batch
         // waiting for contents.
         let mut stopped: Vec<(NodeId, StreamName)> = Vec::new();
+        // Whether any of this node's own records came back.
+        let mut own = false;
         let mut shares: std::collections::HashMap<StreamName, Option<Share>> =
             std::collections::HashMap::new();
         loop {
@@ -721,12 +723,16 @@ impl<'a> Round<'a> {
                     // records are passed over (read again if it is added).
                     let passed_over =
                         b.stream.is_share() && share.as_ref().is_none_or(|s| !s.mode.receives());
-                    if passed_over || b.end() <= have {
+                    // A batch this node holds all of still goes to the
+                    // store, which finds it a duplicate, or another branch
+                    // of the log: a fork, or this node's own log as it was
+                    // before this home was restored (then it recovers).
+                    if passed_over {
                         batches.remove(i);
                     } else if stopped.contains(&key) {
                         i += 1;
                     } else if b.start <= have + 1 {
-                        heads.insert(key, b.end());
+                        heads.insert(key, b.end().max(have));
                         ready.push((at, batches.remove(i)));
                     } else {
                         i += 1;
@@ -736,6 +742,7 @@ impl<'a> Round<'a> {
             if ready.is_empty() {
                 break;
             }
+            own |= ready.iter().any(|(_, b)| b.node == store.me().id);
             let mut memory = Vec::new();
             let mut cards = Vec::new();
             for (at, b) in ready {
@@ -779,6 +786,17 @@ impl<'a> Round<'a> {
             heads = held(store)?;
         }
         store.flush_deferred()?;
+        if own {
+            // A restore recovered: what this home wrote since is written
+            // again after the records it took back, and goes out below.
+            let reissued = store.reissue_pending(now_ms())?;
+            if reissued > 0 {
+                tracing::info!(
+                    records = reissued,
+                    "recovered from a restore: own records written again"
+                );
+            }
+        }
         // Names come from the cards (signed by their nodes): no hello here.
         let named: Vec<selves_wire::native::NodeInfo> = store
             .cards()?

@@ -325,7 +325,12 @@ fn warn_insecure(url: &str) {
 }
 
 /// A remote not yet synced with.
-pub(crate) fn new_remote(alias: Name, url: String, token: Token, cert_fp: Option<CertFingerprint>) -> Remote {
+pub(crate) fn new_remote(
+    alias: Name,
+    url: String,
+    token: Token,
+    cert_fp: Option<CertFingerprint>,
+) -> Remote {
     Remote {
         alias,
         url,

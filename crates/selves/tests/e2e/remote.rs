@@ -582,3 +582,43 @@ fn daemons_sync_through_a_folder_on_their_own() {
     let status = b.json(&["status", "--json"]);
     assert_eq!(status["peers"][0]["health"]["state"], "ok", "{status}");
 }
+
+/// A home restored from a backup, syncing only through a remote: it takes
+/// back what it wrote after the backup, writes again what it wrote since
+/// the restore, and every node ends with all of it.
+#[test]
+fn a_restored_home_recovers_through_a_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    let a = Node::new("a");
+    a.ok(&["remote", "add", "sync", &url]);
+    a.ok(&["remember", "before the backup"]);
+    a.ok(&["sync", "sync"]);
+    let backup = a.dir.path().join("backup");
+    let copy = |from: &Path, to: &Path| {
+        let _ = std::fs::remove_dir_all(to);
+        assert!(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(from)
+                .arg(to)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    copy(&a.home(), &backup);
+    a.ok(&["remember", "after the backup"]);
+    a.ok(&["sync", "sync"]);
+    copy(&backup, &a.home());
+    a.ok(&["remember", "after the restore"]);
+    a.ok(&["sync", "sync"]);
+    a.ok(&["sync", "sync"]);
+    let all = ["after the backup", "after the restore", "before the backup"];
+    assert_eq!(texts(&a), all);
+    a.ok(&["check"]);
+    a.ok(&["verify", "sync"]);
+    let b = Node::new("b");
+    b.ok(&["remote", "join", &invite(&a, "sync")]);
+    assert_eq!(texts(&b), all);
+}
