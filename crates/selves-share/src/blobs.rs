@@ -53,6 +53,23 @@ pub enum BlobError {
     },
 }
 
+impl BlobError {
+    /// Whether the small-blob database is damaged (not full, not out of
+    /// reach): only then is it started afresh.
+    fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            BlobError::Db {
+                source: rusqlite::Error::SqliteFailure(f, _),
+                ..
+            } if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            )
+        )
+    }
+}
+
 /// A blob opened for reading: a file, or bytes from the database.
 pub enum BlobReader {
     File(File),
@@ -116,14 +133,16 @@ impl Blobs {
         let db = match Self::open_db(&path) {
             Ok(db) => db,
             // Only caches and merge bases live here: a damaged database
-            // is dropped and started afresh.
-            Err(e) => {
+            // is dropped and started afresh. Any other failure (a full
+            // disk, an I/O error) is said, and nothing is dropped.
+            Err(e) if e.is_corrupt() => {
                 tracing::warn!(error = %e, "the small-blob database is damaged; starting it afresh");
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
                 Self::open_db(&path)?
             }
+            Err(e) => return Err(e),
         };
         Ok(Blobs {
             dir: dir.to_owned(),

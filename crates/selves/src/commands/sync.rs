@@ -99,6 +99,10 @@ pub fn sync(home: Option<PathBuf>, args: SyncArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
     let remotes = chosen(&store, args.peer, args.all)?;
+    if store.read_only() {
+        // Nothing could be applied or noted: say why before trying.
+        return Err(selves_store::StoreError::DiskFull(store.paths().db.clone()).into());
+    }
     let engine = home.open_engine(&store)?;
     // What changed in the folders goes out in this round.
     let mut share_failed =

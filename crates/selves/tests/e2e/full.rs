@@ -148,10 +148,15 @@ fn fetching_from_a_remote_onto_a_full_disk_fails_clearly_then_resumes() {
     let Some(disk) = FullDisk::under(&reader) else {
         return;
     };
+    let small = reader.home().join("blobs/small.db");
+    let before = std::fs::read(&small).unwrap();
     let run = reader.run(&["sync", "sync"]);
     assert_ne!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("is full"), "{run:?}");
     assert!(!run.stderr.contains("panicked"), "{run:?}");
+    // The blob store is not mistaken for damaged and dropped.
+    assert!(!run.stderr.contains("damaged"), "{run:?}");
+    assert_eq!(std::fs::read(&small).unwrap(), before);
     disk.free();
     reader.ok(&["check"]);
     reader.ok(&["sync", "sync"]);
