@@ -1013,7 +1013,13 @@ impl Step<'_> {
     /// Copies the file at `path` beside it as a local-only conflict copy,
     /// before it is replaced.
     fn keep_aside(&mut self, path: &RelPath) -> Result<(), ShareError> {
-        let aside = conflict_name(path, "local", self.now)?;
+        // Local-only: numbered past any copy kept in the same second.
+        let mut aside = conflict_name(path, "local", self.now, None)?;
+        let mut n = 1;
+        while self.root.stat(&aside)?.is_some() || self.writes.holds(&aside) {
+            n += 1;
+            aside = conflict_name(path, "local", self.now, Some(&n.to_string()))?;
+        }
         if let Some(mut f) = self.root.open_read(path)? {
             self.stage(&aside, |out| std::io::copy(&mut f, out).map(|_| ()))?;
         }
@@ -1039,7 +1045,7 @@ impl Step<'_> {
             // (what a peer's deletions emptied went with them): the file
             // is written beside it as a conflict copy, which syncs; the
             // next scan finds no file at `path` and deletes it everywhere.
-            let beside = conflict_name(&path, &v.author, v.mtime)?;
+            let beside = conflict_name(&path, &v.author, v.mtime, v.blob.map(short).as_deref())?;
             self.write_content(&beside, &v, None)?;
             None
         } else {
@@ -1232,7 +1238,14 @@ impl Step<'_> {
             }
         }
         // Otherwise keep both: the winner at the path, the loser beside it.
-        let copy_path = conflict_name(&v.path, &loser.author, loser.mtime)?;
+        // Named by its content too: two versions of one author that lose
+        // in the same second are two copies, on every node alike.
+        let copy_path = conflict_name(
+            &v.path,
+            &loser.author,
+            loser.mtime,
+            loser.blob.map(short).as_deref(),
+        )?;
         let copy_disk = self.disk(&origin, &copy_path)?;
         let copy = FileVersion {
             path: copy_path.clone(),
@@ -1291,7 +1304,19 @@ fn rank(v: &FileVersion) -> (i64, &str, Option<BlobHash>) {
 }
 
 /// `NAME.conflict-<who>-<YYYYMMDD-HHMMSS>.EXT` beside `path`.
-pub fn conflict_name(path: &RelPath, who: &str, mtime_ms: i64) -> Result<RelPath, ShareError> {
+/// The first 8 hex digits of a content's hash: what tells two conflict
+/// copies of one author and second apart.
+fn short(hash: BlobHash) -> String {
+    hash.to_hex()[..8].to_owned()
+}
+
+/// `NAME.conflict-<who>-<YYYYMMDD-HHMMSS>[-<tag>].EXT`.
+pub fn conflict_name(
+    path: &RelPath,
+    who: &str,
+    mtime_ms: i64,
+    tag: Option<&str>,
+) -> Result<RelPath, ShareError> {
     let name = path.file_name();
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
@@ -1308,7 +1333,8 @@ pub fn conflict_name(path: &RelPath, who: &str, mtime_ms: i64) -> Result<RelPath
         })
         .collect();
     let stamp = timestamp(mtime_ms);
-    path.with_file_name(&format!("{stem}.conflict-{who}-{stamp}{ext}"))
+    let tag = tag.map(|t| format!("-{t}")).unwrap_or_default();
+    path.with_file_name(&format!("{stem}.conflict-{who}-{stamp}{tag}{ext}"))
         .map_err(|e| {
             ShareError::Fs(FsError::Io {
                 path: path.to_string(),
@@ -1391,16 +1417,19 @@ mod tests {
     #[test]
     fn conflict_names() {
         let p = RelPath::parse("notes/plan.md").unwrap();
-        let c = conflict_name(&p, "laptop", 1_795_000_000_000).unwrap();
-        assert_eq!(c.as_str(), "notes/plan.conflict-laptop-20261118-110640.md");
+        let c = conflict_name(&p, "laptop", 1_795_000_000_000, Some("0a1b2c3d")).unwrap();
+        assert_eq!(
+            c.as_str(),
+            "notes/plan.conflict-laptop-20261118-110640-0a1b2c3d.md"
+        );
         let p = RelPath::parse("README").unwrap();
         assert_eq!(
-            conflict_name(&p, "a b", 0).unwrap().as_str(),
+            conflict_name(&p, "a b", 0, None).unwrap().as_str(),
             "README.conflict-a_b-19700101-000000"
         );
         let p = RelPath::parse(".hidden").unwrap();
         assert_eq!(
-            conflict_name(&p, "x", 0).unwrap().as_str(),
+            conflict_name(&p, "x", 0, None).unwrap().as_str(),
             ".hidden.conflict-x-19700101-000000"
         );
     }

@@ -670,3 +670,33 @@ fn a_generated_page_waits_for_a_file_being_written() {
         b"my own notes\n"
     );
 }
+
+/// Two versions of one author that lose a conflict in the same second
+/// are two conflict copies, not one copy written over the other (each
+/// copy is named by its content too), on every node alike.
+#[test]
+fn two_losing_versions_of_one_author_in_one_second_are_both_kept() {
+    let (a, b, hub) = (node(1, "a"), node(2, "b"), node(3, "hub"));
+    b.write("f.md", b"B1\n");
+    sync(&b, &hub);
+    a.write("f.md", b"A1\n");
+    sync(&a, &hub);
+    sync(&b, &hub);
+    b.write("f.md", b"B2\n");
+    sync(&b, &hub);
+    a.write("f.md", b"A2\n");
+    sync(&a, &hub);
+    for _ in 0..2 {
+        sync(&a, &hub);
+        sync(&b, &hub);
+    }
+    converged(&[&a, &b, &hub]);
+    let contents: Vec<Vec<u8>> = hub.files().into_values().collect();
+    for kept in ["B1\n", "B2\n", "A2\n"] {
+        assert!(
+            contents.iter().any(|c| c == kept.as_bytes()),
+            "{kept:?} is in no file: {:?}",
+            hub.files().keys().collect::<Vec<_>>()
+        );
+    }
+}

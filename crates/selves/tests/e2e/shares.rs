@@ -194,7 +194,7 @@ fn three_nodes_editing_one_line_keep_every_text_as_winner_and_conflict_copies() 
     let copies: Vec<&String> = files.keys().filter(|k| k.contains(".conflict-")).collect();
     assert_eq!(copies.len(), 2);
     for name in &copies {
-        // NAME.conflict-<node>-<YYYYMMDD-HHMMSS>.EXT
+        // NAME.conflict-<node>-<YYYYMMDD-HHMMSS>-<content>.EXT
         let rest = name
             .strip_prefix("plan.conflict-")
             .unwrap()
@@ -202,7 +202,7 @@ fn three_nodes_editing_one_line_keep_every_text_as_winner_and_conflict_copies() 
             .unwrap();
         let (node, stamp) = rest.split_once('-').unwrap();
         assert!(["hub", "a", "b"].contains(&node), "{name}");
-        assert_eq!(stamp.len(), 15, "{name}");
+        assert_eq!(stamp.len(), 15 + 9, "{name}");
         assert!(
             stamp.chars().all(|c| c.is_ascii_digit() || c == '-'),
             "{name}"
