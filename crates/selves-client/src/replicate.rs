@@ -399,7 +399,12 @@ async fn run_round(
         for h in peer_heads.iter().filter(|h| h.node == me) {
             let mine = s.head(&me, &h.stream)?;
             let other_branch = h.seq <= mine && h.chain.is_some() && s.chain_of(&me, &h.stream, h.seq)? != h.chain;
-            if other_branch || h.seq > mine {
+            if (other_branch || h.seq > mine) && h.stream.is_share() {
+                // Never silent: a share log that cannot recover says so.
+                if s.note_own_share_fork(&h.stream, h.seq, &peer_name)? {
+                    tracing::warn!(stream = %h.stream, seq = h.seq, peer = %peer_name, "the peer holds another branch of this node's share log");
+                }
+            } else if other_branch || h.seq > mine {
                 out.push(h.clone());
             }
         }

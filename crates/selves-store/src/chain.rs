@@ -666,6 +666,23 @@ impl Store {
         Ok(chain.flatten().and_then(to_digest))
     }
 
+    /// A peer holds another branch of one of this node's own share logs
+    /// (or more of it than this home does): this home was restored, or
+    /// copied, after that share changed. Share versions cannot be written
+    /// again safely, so it is a clash, said by `status` until `init
+    /// --new-identity` (memory and cards recover on their own). Returns
+    /// whether it was new.
+    pub fn note_own_share_fork(&self, stream: &StreamName, seq: u64, peer: &str) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('clash', ?1) ON CONFLICT (key) DO NOTHING",
+                [format!(
+                    "{peer} holds other records {stream} {seq} signed with this node's key (this home was restored or copied after that share changed)"
+                )],
+            )? > 0)
+        })
+    }
+
     /// Whether this node's own key was found in another home.
     pub fn clash(&self) -> Result<Option<String>> {
         let r = self.reader()?;

@@ -1251,3 +1251,49 @@ fn folders_emptied_by_a_remote_delete_go_with_their_files() {
     assert!(bd.join("projects/keep").exists(), "its own file keeps it");
     assert!(!ad.join("projects").exists());
 }
+
+/// A home restored from a backup after its shared folder changed and
+/// synced: that share's log cannot be written again safely, so the node
+/// says so, loudly and for as long as it lasts, and never "all well".
+#[test]
+fn a_restored_home_whose_share_moved_on_is_loud_not_silent() {
+    let (hub, _server, spokes) = star("hub", &["a"]);
+    let a = &spokes[0];
+    share(&hub, "notes", &[]);
+    let ad = share(a, "notes", &[]);
+    put(&ad, "a1.md", b"one\n");
+    sync(a);
+    let backup = a.dir.path().join("backup");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(a.home())
+            .arg(&backup)
+            .status()
+            .unwrap()
+            .success()
+    );
+    put(&ad, "a1.md", b"one\ntwo\n");
+    sync(a);
+    put(&ad, "a1.md", b"one\ntwo\nthree\n");
+    sync(a);
+    std::fs::remove_dir_all(a.home()).unwrap();
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&backup)
+            .arg(a.home())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = a.run(&["sync"]);
+    let brief = a.run(&["status", "--brief"]);
+    assert_eq!(brief.code, 2, "{brief:?}");
+    assert!(brief.stdout.contains("two homes"), "{brief:?}");
+    assert!(brief.stdout.contains("--new-identity"), "{brief:?}");
+    // One more edit and sync: still loud, never "all well".
+    put(&ad, "a1.md", b"one\ntwo\nthree\nfour\n");
+    let _ = a.run(&["sync"]);
+    assert_eq!(a.run(&["status", "--brief"]).code, 2);
+}
