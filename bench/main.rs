@@ -11,10 +11,19 @@
 //!
 //! `bench/run shares [--files N]`: shares (see `shares.rs`).
 //! `bench/run join [--rows N]`: `selves join` end to end (see `join.rs`).
+//! `bench/run remote [--rows N]`: through a git remote (see `remote.rs`).
+//! `bench/run chaos [--cycles N] [--seed N] [--skip WHAT,…]
+//! [--restore-with-folder]`: not a measurement but a fault-injection run
+//! (see `chaos.rs`): three nodes under SIGKILL, partitions, a full disk,
+//! restored backups and a hostile peer; it checks that nothing acknowledged
+//! is lost or duplicated and that everything converges, and exits 1 if not.
 //!
-//! Everything runs in a temporary directory on 127.0.0.1.
+//! Everything runs in a temporary directory on 127.0.0.1 (chaos: its hub in
+//! a network namespace when it can make one).
 
+mod chaos;
 mod join;
+mod remote;
 mod shares;
 
 use std::io::{BufRead as _, BufReader, BufWriter, Write as _};
@@ -26,30 +35,79 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = 100_000usize;
     let mut files = 10_000usize;
+    let mut chaos_opts = chaos::Options::default();
     let mut i = 0;
     let mut scenario = "sync".to_owned();
+    let usage = |what: &str| -> ! {
+        eprintln!(
+            "usage: selves-bench sync [--rows N] | shares [--files N] | join [--rows N] | remote [--rows N] | chaos [--cycles N] [--seed N] [--skip partitions,disk-full,restores,hostile] [--restore-with-folder]  ({what})"
+        );
+        std::process::exit(2);
+    };
+    let value = |i: usize| -> &str {
+        args.get(i + 1)
+            .map(String::as_str)
+            .unwrap_or_else(|| usage(&format!("{} takes a value", args[i])))
+    };
     while i < args.len() {
         match args[i].as_str() {
             "--rows" => {
-                rows = args[i + 1].parse().expect("--rows takes a number");
+                rows = value(i).parse().expect("--rows takes a number");
                 i += 1;
             }
             "--files" => {
-                files = args[i + 1].parse().expect("--files takes a number");
+                files = value(i).parse().expect("--files takes a number");
                 i += 1;
             }
-            "sync" | "shares" | "join" => scenario = args[i].clone(),
-            other => {
-                eprintln!(
-                    "usage: selves-bench sync [--rows N] | shares [--files N] | join [--rows N]  (unknown: {other})"
-                );
-                std::process::exit(2);
+            "--cycles" => {
+                chaos_opts.cycles = value(i).parse().expect("--cycles takes a number");
+                i += 1;
             }
+            "--seed" => {
+                chaos_opts.seed = Some(value(i).parse().expect("--seed takes a number"));
+                i += 1;
+            }
+            "--skip" => {
+                for what in value(i).split(',') {
+                    if !chaos::PARTS.contains(&what) {
+                        usage(&format!("--skip takes some of {}", chaos::PARTS.join(",")));
+                    }
+                    chaos_opts.skip.push(what.to_owned());
+                }
+                i += 1;
+            }
+            "--restore-with-folder" => chaos_opts.restore_folder = true,
+            "sync" | "shares" | "join" | "chaos" | "remote" => scenario = args[i].clone(),
+            other => usage(&format!("unknown: {other}")),
         }
         i += 1;
     }
     let selves = locate_selves();
     let dir = tempdir();
+    if scenario == "chaos" {
+        println!(
+            "selves-bench chaos: binary {}, dir {}",
+            selves.display(),
+            dir.display()
+        );
+        let code = chaos::run(&selves, &dir, &chaos_opts);
+        if code == 0 && std::env::var_os("SELVES_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            println!("homes, folders and chaos.log kept in {}", dir.display());
+        }
+        std::process::exit(code);
+    }
+    if scenario == "remote" {
+        println!(
+            "selves-bench remote: binary {}, dir {}",
+            selves.display(),
+            dir.display()
+        );
+        remote::run(&selves, &dir, rows);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     if scenario == "join" {
         println!(
             "selves-bench join: binary {}, dir {}",
@@ -343,26 +401,59 @@ impl Node {
     }
 
     pub(crate) fn serve(&self) -> Server {
-        let mut child = self
-            .cmd(&[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--rate-per-minute",
-                "100000",
-                "--rate-burst",
-                "10000",
-            ])
+        self.serve_at(None, "127.0.0.1:0", Stdio::null())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `selves serve --listen ADDR`, inside the network namespace `netns`
+    /// when given (`ip netns exec`, which execs the binary: the child is
+    /// the server itself), its stderr to `stderr`. Fails when the server
+    /// does not say where it listens.
+    pub(crate) fn serve_at(
+        &self,
+        netns: Option<&str>,
+        listen: &str,
+        stderr: Stdio,
+    ) -> Result<Server, String> {
+        let args = [
+            "serve",
+            "--listen",
+            listen,
+            "--rate-per-minute",
+            "100000",
+            "--rate-burst",
+            "10000",
+        ];
+        let mut cmd = match netns {
+            None => self.cmd(&args),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(&self.bin)
+                    .args(args)
+                    .env("SELVES_HOME", &self.home)
+                    .env_remove("SELVES_LOG");
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .expect("spawn serve");
+            .map_err(|e| format!("cannot spawn selves serve: {e}"))?;
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-        Server { child, port }
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        match line.trim().rsplit(':').next().and_then(|p| p.parse().ok()) {
+            Some(port) => Ok(Server { child, port }),
+            None => {
+                let _ = child.kill();
+                let status = child.wait();
+                Err(format!(
+                    "selves serve --listen {listen} did not start: it printed {line:?} and ended with {status:?}"
+                ))
+            }
+        }
     }
 
     /// `sync hub --json`, which must succeed; its one peer result.
@@ -373,14 +464,19 @@ impl Node {
     }
 
     pub(crate) fn pair(&self, hub: &Node, server: &Server) {
+        self.pair_at(hub, "127.0.0.1", server.port);
+    }
+
+    /// Pairs with `hub` served at `host:port`, as alias `hub`.
+    pub(crate) fn pair_at(&self, hub: &Node, host: &str, port: u16) {
         let blob = hub.ok(&[
             "invite",
             "--peer",
             &self.name,
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
-            &server.port.to_string(),
+            &port.to_string(),
         ]);
         self.ok(&["pair", blob.trim(), "--alias", "hub", "--force"]);
     }

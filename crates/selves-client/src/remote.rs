@@ -1177,6 +1177,9 @@ fn git(work: Option<&Path>) -> Command {
         "user.email=selves@localhost",
     ]);
     cmd.args(["-c", "commit.gpgsign=false", "-c", "core.autocrlf=false"]);
+    // Segments are compressed and sealed already: compressing them again
+    // costs time and saves nothing.
+    cmd.args(["-c", "core.compression=0"]);
     cmd
 }
 
