@@ -204,7 +204,7 @@ fn three_nodes_editing_one_line_keep_every_text_as_winner_and_conflict_copies() 
         assert!(["hub", "a", "b"].contains(&node), "{name}");
         assert_eq!(stamp.len(), 15 + 9, "{name}");
         assert!(
-            stamp.chars().all(|c| c.is_ascii_digit() || c == '-'),
+            stamp.chars().all(|c| c.is_ascii_hexdigit() || c == '-'),
             "{name}"
         );
     }
