@@ -130,6 +130,10 @@ pub struct Remote {
     pub down_after_ms: Option<i64>,
     /// When `selves join` finished with this remote (its self-test passed).
     pub joined_at: Option<Millis>,
+    /// A remote medium's own schedule (`remote add --every`): the daemon
+    /// fetches it this often, and pushes to a git one at most this often.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<i64>,
 }
 
 /// How a sync attempt with a remote ended, for status.
@@ -498,7 +502,8 @@ impl Store {
         let mut stmt = r.prepare(
             "SELECT alias, url, token, cert_fp, insecure, node_id, node_name, added_at,
                     last_attempt_at, last_success_at, consecutive_failures, last_error,
-                    last_error_class, protocol, pulled_to, pushed_to, down_after_ms, joined_at
+                    last_error_class, protocol, pulled_to, pushed_to, down_after_ms, joined_at,
+                    every_ms
              FROM remotes ORDER BY alias",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -532,6 +537,7 @@ impl Store {
                 last_error_class: r.get(12)?,
                 down_after_ms: r.get(16)?,
                 joined_at: r.get(17)?,
+                every_ms: r.get(18)?,
             }))
         })?;
         let mut out = Vec::new();
@@ -690,6 +696,16 @@ impl Store {
                 )?,
             };
             Ok(())
+        })
+    }
+
+    /// Sets a remote medium's own schedule (see [`Remote::every_ms`]).
+    pub fn set_every(&self, alias: &str, ms: Option<i64>) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE remotes SET every_ms = ?2 WHERE alias = ?1",
+                params![alias, ms],
+            )? > 0)
         })
     }
 

@@ -321,6 +321,7 @@ const MIGRATIONS: &[&str] = &[
     // is in remote_heads, as for peers.
     r#"
     ALTER TABLE remotes ADD COLUMN covered TEXT;
+    ALTER TABLE remotes ADD COLUMN every_ms INTEGER;
     CREATE TABLE remote_cursors (
         alias   TEXT NOT NULL,
         writer  TEXT NOT NULL,

@@ -422,6 +422,7 @@ mod tests {
             last_error_class: None,
             down_after_ms: None,
             joined_at: None,
+            every_ms: None,
         }
     }
 

@@ -350,6 +350,7 @@ pub(crate) fn new_remote(
         last_error_class: None,
         down_after_ms: None,
         joined_at: None,
+        every_ms: None,
     }
 }
 

@@ -20,7 +20,14 @@ use crate::output::{self, Exit};
 pub enum RemoteCommand {
     /// Add a remote: `folder:PATH`, or any URL git takes (ssh, https,
     /// file://). An empty one is made a remote with a new key
-    Add { name: String, url: String },
+    Add {
+        name: String,
+        url: String,
+        /// How often the daemon fetches it, and pushes to a git remote at
+        /// most [default: the daemon's interval; a git push at most every 30s]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
+    },
     /// Print the one line another node joins this remote with (it carries
     /// the remote's key: hand it over as you would a password)
     Invite { name: String },
@@ -34,6 +41,9 @@ pub enum RemoteCommand {
         /// The name to know it by here [default: its name in the line]
         #[arg(long)]
         name: Option<String>,
+        /// As for `remote add`
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<std::time::Duration>,
     },
     /// List the remotes
     List {
@@ -48,9 +58,14 @@ pub enum RemoteCommand {
 pub fn remote(home: Option<PathBuf>, cmd: RemoteCommand) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     match cmd {
-        RemoteCommand::Add { name, url } => add(&home, &name, &url),
+        RemoteCommand::Add { name, url, every } => add(&home, &name, &url, every),
         RemoteCommand::Invite { name } => invite(&home, &name),
-        RemoteCommand::Join { line, url, name } => join(home, &line, url, name),
+        RemoteCommand::Join {
+            line,
+            url,
+            name,
+            every,
+        } => join(home, &line, url, name, every),
         RemoteCommand::List { json } => list(&home, json),
         RemoteCommand::Remove { name } => {
             let store = home.open_store()?;
@@ -106,7 +121,17 @@ fn medium(alias: Name, url: String, key: Token) -> Remote {
     }
 }
 
-fn add(home: &Home, name: &str, url: &str) -> anyhow::Result<()> {
+/// `--every` as stored: at least a second.
+fn every_ms(every: Option<std::time::Duration>) -> Option<i64> {
+    every.map(|d| (d.as_millis() as i64).max(1000))
+}
+
+fn add(
+    home: &Home,
+    name: &str,
+    url: &str,
+    every: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let alias: Name = name.parse().context("a remote's name")?;
     let url = canonical_url(url)?;
     let store = home.open_store()?;
@@ -125,6 +150,7 @@ fn add(home: &Home, name: &str, url: &str) -> anyhow::Result<()> {
         &medium(alias.clone(), url.clone(), Token::from_bytes(key)),
         false,
     )?;
+    store.set_every(alias.as_str(), every_ms(every))?;
     println!(
         "added remote {alias} at {url}{}",
         if opened.created {
@@ -163,7 +189,13 @@ fn invite(home: &Home, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn join(home: Home, text: &str, url: Option<String>, name: Option<String>) -> anyhow::Result<()> {
+fn join(
+    home: Home,
+    text: &str,
+    url: Option<String>,
+    name: Option<String>,
+    every: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let line = RemoteLine::decode(text).map_err(anyhow::Error::msg)?;
     let alias: Name = name
         .as_deref()
@@ -193,6 +225,9 @@ fn join(home: Home, text: &str, url: Option<String>, name: Option<String>) -> an
             println!("joined remote {alias} at {url}");
         }
     }
+    if every.is_some() {
+        store.set_every(alias.as_str(), every_ms(every))?;
+    }
     drop(store);
     crate::commands::sync::sync_named(Some(home.dir), alias.as_str())
 }
@@ -212,6 +247,7 @@ fn list(home: &Home, json: bool) -> anyhow::Result<()> {
                     "name": r.alias,
                     "url": r.url,
                     "kind": if folder_of(&r.url).is_some() { "folder" } else { "git" },
+                    "every_ms": r.every_ms,
                     "last_success_at": r.last_success_at,
                     "last_error": r.last_error,
                     "consecutive_failures": r.consecutive_failures,

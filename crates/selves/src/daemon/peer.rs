@@ -68,11 +68,15 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
         remote.borrow_and_update();
         let started = std::time::Instant::now();
         let ok = round(&ctx, &peer).await;
+        // A remote's own schedule, if it has one.
+        let every = peer
+            .every_ms
+            .map_or(ctx.interval, |ms| Duration::from_millis(ms as u64));
         let wait = if ok {
             backoff = FIRST_BACKOFF;
-            ctx.interval
+            every
         } else {
-            let wait = backoff.min(ctx.interval);
+            let wait = backoff.min(every);
             backoff = (backoff * 2).min(MAX_BACKOFF);
             wait
         };
@@ -90,7 +94,10 @@ pub async fn run(ctx: Arc<Ctx>, alias: String) {
                 if peer.protocol == Protocol::Medium
                     && selves_client::remote::folder_of(&peer.url).is_none() =>
             {
-                let spacing = GIT_SPACING.saturating_sub(started.elapsed());
+                let spacing = peer
+                    .every_ms
+                    .map_or(GIT_SPACING, |ms| Duration::from_millis(ms as u64))
+                    .saturating_sub(started.elapsed());
                 tokio::time::sleep(spacing.max(ctx.settle)).await;
             }
             // Let a burst of local writes settle into one round.

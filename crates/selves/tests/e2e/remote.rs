@@ -622,3 +622,35 @@ fn a_restored_home_recovers_through_a_remote() {
     b.ok(&["remote", "join", &invite(&a, "sync")]);
     assert_eq!(texts(&b), all);
 }
+
+/// A git remote's own schedule: with `--every 1s` the daemon fetches what
+/// another node pushed within seconds (its interval is a minute).
+#[test]
+fn a_git_remote_is_fetched_on_its_own_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("memory.git");
+    assert!(
+        std::process::Command::new("git")
+            .args(["init", "--quiet", "--bare"])
+            .arg(&bare)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let url = format!("file://{}", bare.display());
+    let a = Node::new("a");
+    a.ok(&["remote", "add", "mem", &url]);
+    a.ok(&["sync", "mem"]);
+    let b = Node::new("b");
+    b.ok(&["remote", "join", &invite(&a, "mem"), "--every", "1s"]);
+    assert_eq!(b.json(&["remote", "list", "--json"])[0]["every_ms"], 1000);
+    let _daemon = b.daemon(&["--interval", "60s"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    a.ok(&["remember", "fetched on schedule"]);
+    a.ok(&["sync", "mem"]);
+    assert!(
+        crate::harness::wait_until(20, || texts(&b).contains(&"fetched on schedule".to_owned())),
+        "{}",
+        b.daemon_log()
+    );
+}
