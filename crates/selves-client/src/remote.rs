@@ -121,6 +121,11 @@ struct Manifest {
     /// Proves the key without revealing it: a reader with another key is
     /// told so instead of failing on every segment.
     check: String,
+    /// The key itself, in a remote made with `--no-encryption` (then
+    /// whoever reads the remote reads what it holds; files still open only
+    /// where they were written, so damage is found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
 }
 
 /// The keys a remote's key gives.
@@ -240,6 +245,37 @@ impl Medium {
 pub struct Opened {
     pub group: String,
     pub created: bool,
+    /// The key, if the remote keeps it in the clear (`--no-encryption`).
+    pub public_key: Option<[u8; 32]>,
+}
+
+fn public_key(m: &Manifest) -> Option<[u8; 32]> {
+    let hex = m.key.as_deref()?;
+    let token: selves_wire::Token = hex.parse().ok()?;
+    Some(*token.as_bytes())
+}
+
+/// Reads the remote at `url` without a key: its group, and its key if it
+/// keeps it in the clear (a remote made with `--no-encryption`).
+pub fn peek_remote(url: &str, home: &Path, alias: &str) -> Result<Opened, SyncError> {
+    let medium = Medium::new(url, home, alias);
+    medium.refresh()?;
+    let bytes = std::fs::read(medium.root().join(MANIFEST)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            SyncError::NotFound {
+                url: medium.url(),
+                detail: format!("no {MANIFEST} there: not a selves remote"),
+            }
+        } else {
+            io_error(&medium, e)
+        }
+    })?;
+    let m = read_manifest(&medium, &bytes)?;
+    Ok(Opened {
+        public_key: public_key(&m),
+        group: m.group,
+        created: false,
+    })
 }
 
 /// Opens the remote at `url` with `key`: checks its manifest, or with
@@ -250,6 +286,7 @@ pub fn open_remote(
     home: &Path,
     alias: &str,
     create: bool,
+    in_the_clear: bool,
 ) -> Result<Opened, SyncError> {
     let medium = Medium::new(url, home, alias);
     medium.refresh()?;
@@ -262,6 +299,7 @@ pub fn open_remote(
                 return Err(wrong_key(&medium));
             }
             Ok(Opened {
+                public_key: public_key(&m),
                 group: m.group,
                 created: false,
             })
@@ -274,6 +312,7 @@ pub fn open_remote(
                 format: FORMAT.into(),
                 check: keys.check(&group),
                 group: group.clone(),
+                key: in_the_clear.then(|| selves_wire::hex(key)),
             };
             let json = serde_json::to_vec_pretty(&m).expect("serialisable");
             write_durably(&path, &json).map_err(|e| io_error(&medium, e))?;
@@ -281,6 +320,7 @@ pub fn open_remote(
             Ok(Opened {
                 group,
                 created: true,
+                public_key: in_the_clear.then_some(*key),
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SyncError::NotFound {

@@ -27,11 +27,16 @@ pub enum RemoteCommand {
         /// most [default: the daemon's interval; a git push at most every 30s]
         #[arg(long, value_parser = humantime::parse_duration)]
         every: Option<std::time::Duration>,
+        /// Keep the remote's key in the remote itself: whoever can read
+        /// the remote reads all it holds, and any node joins it by its URL
+        #[arg(long)]
+        no_encryption: bool,
     },
     /// Print the one line another node joins this remote with (it carries
     /// the remote's key: hand it over as you would a password)
     Invite { name: String },
-    /// Join a remote from its `selves-remote:` line, then sync with it
+    /// Join a remote from its `selves-remote:` line (or, one made with
+    /// --no-encryption, from its URL), then sync with it
     Join {
         line: String,
         /// Where the remote is from this node, if not where the line says
@@ -58,7 +63,12 @@ pub enum RemoteCommand {
 pub fn remote(home: Option<PathBuf>, cmd: RemoteCommand) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     match cmd {
-        RemoteCommand::Add { name, url, every } => add(&home, &name, &url, every),
+        RemoteCommand::Add {
+            name,
+            url,
+            every,
+            no_encryption,
+        } => add(&home, &name, &url, every, no_encryption),
         RemoteCommand::Invite { name } => invite(&home, &name),
         RemoteCommand::Join {
             line,
@@ -131,6 +141,7 @@ fn add(
     name: &str,
     url: &str,
     every: Option<std::time::Duration>,
+    no_encryption: bool,
 ) -> anyhow::Result<()> {
     let alias: Name = name.parse().context("a remote's name")?;
     let url = canonical_url(url)?;
@@ -140,7 +151,12 @@ fn add(
     }
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).context("the system's random source")?;
-    let opened = match open_remote(&url, &key, &home.dir, alias.as_str(), true) {
+    if no_encryption {
+        eprintln!(
+            "WARNING: --no-encryption: the remote keeps its own key, so whoever can read {url} reads everything this node writes to it"
+        );
+    }
+    let opened = match open_remote(&url, &key, &home.dir, alias.as_str(), true, no_encryption) {
         Err(SyncError::Unauthorized { .. }) => bail!(
             "{url} already holds a selves remote: join it with its line (`selves remote invite NAME` on a node that has it, then `selves remote join LINE`)"
         ),
@@ -174,7 +190,7 @@ fn invite(home: &Home, name: &str) -> anyhow::Result<()> {
         bail!("no remote named {name} (see `selves remote list`)");
     };
     let opened =
-        open_remote(&r.url, r.token.as_bytes(), &home.dir, name, false).map_err(plainly)?;
+        open_remote(&r.url, r.token.as_bytes(), &home.dir, name, false, false).map_err(plainly)?;
     let line = RemoteLine {
         v: 1,
         name: name.to_owned(),
@@ -196,7 +212,28 @@ fn join(
     name: Option<String>,
     every: Option<std::time::Duration>,
 ) -> anyhow::Result<()> {
-    let line = RemoteLine::decode(text).map_err(anyhow::Error::msg)?;
+    let line = if text.trim().starts_with(selves_client::remote::LINE_PREFIX) {
+        RemoteLine::decode(text).map_err(anyhow::Error::msg)?
+    } else {
+        // A URL: only a remote that keeps its key in the clear.
+        let url = canonical_url(text)?;
+        let Some(name) = name.clone() else {
+            bail!("joining by URL: name the remote with --name");
+        };
+        let opened = selves_client::remote::peek_remote(&url, &home.dir, &name).map_err(plainly)?;
+        let Some(key) = opened.public_key else {
+            bail!(
+                "{url} is encrypted: join it with its `selves-remote:` line (`selves remote invite NAME` on a node that has it)"
+            );
+        };
+        RemoteLine {
+            v: 1,
+            name,
+            url,
+            key: selves_wire::hex(&key),
+            group: opened.group,
+        }
+    };
     let alias: Name = name
         .as_deref()
         .unwrap_or(&line.name)
@@ -216,8 +253,15 @@ fn join(
             "a peer or remote named {alias} already exists: pass --name to know this one by another"
         ),
         None => {
-            let opened = open_remote(&url, key.as_bytes(), &home.dir, alias.as_str(), false)
-                .map_err(plainly)?;
+            let opened = open_remote(
+                &url,
+                key.as_bytes(),
+                &home.dir,
+                alias.as_str(),
+                false,
+                false,
+            )
+            .map_err(plainly)?;
             if opened.group != line.group {
                 bail!("{url} holds another remote than the line's: is --url right?");
             }

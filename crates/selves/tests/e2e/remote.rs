@@ -654,3 +654,37 @@ fn a_git_remote_is_fetched_on_its_own_schedule() {
         b.daemon_log()
     );
 }
+
+/// `--no-encryption`, asked for by name: said loudly, the key kept in the
+/// remote itself, and another node joins by the URL alone. An encrypted
+/// remote cannot be joined that way.
+#[test]
+fn a_remote_without_encryption_is_asked_for_and_joined_by_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("folder:{}", dir.path().display());
+    let a = Node::new("a");
+    let run = a.run(&["remote", "add", "open", &url, "--no-encryption"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("WARNING: --no-encryption"), "{run:?}");
+    a.ok(&["remember", "not secret"]);
+    a.ok(&["sync", "open"]);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("selves-remote.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["key"].as_str().map(str::len),
+        Some(64),
+        "{manifest}"
+    );
+    let b = Node::new("b");
+    b.ok(&["remote", "join", &url, "--name", "open"]);
+    assert_eq!(texts(&b), ["not secret"]);
+    // An encrypted one keeps its key out of the remote: no join by URL.
+    let sealed = tempfile::tempdir().unwrap();
+    let sealed_url = format!("folder:{}", sealed.path().display());
+    a.ok(&["remote", "add", "sealed", &sealed_url]);
+    let manifest = std::fs::read_to_string(sealed.path().join("selves-remote.json")).unwrap();
+    assert!(!manifest.contains("\"key\""), "{manifest}");
+    let run = b.fails(&["remote", "join", &sealed_url, "--name", "sealed"], 1);
+    assert!(run.stderr.contains("is encrypted"), "{run:?}");
+}
