@@ -33,6 +33,18 @@ fn texts(node: &Node) -> Vec<String> {
     t
 }
 
+/// An empty bare git repository `memory.git` in `dir`.
+fn bare_repository(dir: &Path) -> PathBuf {
+    let bare = dir.join("memory.git");
+    let ok = std::process::Command::new("git")
+        .args(["init", "--quiet", "--bare"])
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "git init --bare failed");
+    bare
+}
+
 fn invite(node: &Node, name: &str) -> String {
     node.ok(&["remote", "invite", name]).trim().to_owned()
 }
@@ -275,13 +287,7 @@ fn tampered_segments_and_wrong_keys_are_refused() {
 #[test]
 fn two_nodes_converge_through_a_git_repository_pushing_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("memory.git");
-    let ok = std::process::Command::new("git")
-        .args(["init", "--quiet", "--bare"])
-        .arg(&bare)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let bare = bare_repository(dir.path());
     let url = format!("file://{}", bare.display());
     let a = Node::new("a");
     a.ok(&["remote", "add", "mem", &url]);
@@ -371,15 +377,7 @@ fn a_git_remote_over_ssh_and_a_refused_key() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("memory.git");
-    assert!(
-        std::process::Command::new("git")
-            .args(["init", "--quiet", "--bare"])
-            .arg(&bare)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let bare = bare_repository(dir.path());
     let (user, port) = sshd
         .target()
         .rsplit_once(':')
@@ -628,15 +626,7 @@ fn a_restored_home_recovers_through_a_remote() {
 #[test]
 fn a_git_remote_is_fetched_on_its_own_schedule() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("memory.git");
-    assert!(
-        std::process::Command::new("git")
-            .args(["init", "--quiet", "--bare"])
-            .arg(&bare)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let bare = bare_repository(dir.path());
     let url = format!("file://{}", bare.display());
     let a = Node::new("a");
     a.ok(&["remote", "add", "mem", &url]);
