@@ -139,15 +139,33 @@ fn sigterm_mid_sync_loses_nothing() {
     spoke.pair(&hub, &server, "hub");
     spoke.import(&rows("m", "big", 6000, 400));
     let daemon = spoke.daemon(&[]);
-    // Stop it once the round is under way.
+    // Stop it once the round is under way. The hub's row count is read
+    // straight from its database: `status` takes long enough that a fast
+    // machine could finish the whole push between two looks.
+    let db = rusqlite::Connection::open_with_flags(
+        hub.home().join("selves.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let count = || -> i64 {
+        db.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        seen = count();
+        if seen > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     assert!(
-        wait_until(20, || {
-            let n = hub.rows();
-            n > 0 && n < 6000
-        }),
-        "the push never got under way: {} rows",
-        hub.rows()
+        seen > 0 && seen < 6000,
+        "the push never got under way, or was over before a look: {seen} rows"
     );
+    drop(db);
     let run = daemon.terminate(20);
     assert_eq!(run.code, 0, "{}", spoke.daemon_log());
     let partial = hub.rows();
