@@ -68,6 +68,12 @@ const MAX_PLAIN: u64 = 64 << 20;
 /// A file's content through a remote, at most.
 const MAX_BLOB: u64 = 1 << 30;
 const BLOB_MAGIC: &[u8; 8] = b"SLVBLB1\n";
+/// A grown file's new bytes: its parent content's hash, the parent's
+/// length, then the bytes past it (see [`Round::write_contents`]).
+const TAIL_MAGIC: &[u8; 8] = b"SLVTAL1\n";
+/// Tails on tails, at most, before a content is written whole again (so
+/// a node that holds nothing reads a bounded chain).
+const MAX_CHAIN: u32 = 32;
 
 /// What `selves remote invite` hands to another node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,6 +458,14 @@ fn unseal(
         .map_err(|e| SegmentError::Damaged(format!("it holds no record batches: {e}")))
 }
 
+/// A tail's additional data: it opens only as the tail of `hash` in this
+/// group.
+fn tail_aad(group: &str, hash: &BlobHash) -> Vec<u8> {
+    let mut aad = blob_aad(group, hash);
+    aad[..8].copy_from_slice(TAIL_MAGIC);
+    aad
+}
+
 /// A content's additional data: it opens only as the content of `hash`
 /// in this group.
 fn blob_aad(group: &str, hash: &BlobHash) -> Vec<u8> {
@@ -587,7 +601,7 @@ struct Round<'a> {
     keys: Keys,
     group: String,
     /// Contents in the remote, by file name: where each is.
-    blobs: std::collections::HashMap<String, PathBuf>,
+    blobs: std::collections::HashMap<String, Held>,
     report: SyncReport,
 }
 
@@ -927,35 +941,12 @@ impl<'a> Round<'a> {
     /// Puts a content from the remote into the blob store: `false` if it
     /// is not there (yet), or not whole.
     fn fetch(&mut self, share: &Share, want: &BlobWant) -> Result<bool, SyncError> {
-        let name = self.keys.blob_name(&want.hash);
-        let Some(path) = self.blobs.get(&name).cloned() else {
+        let Some(tail) = self.content_from(&want.hash, want.from, MAX_CHAIN)? else {
             return Ok(false);
         };
-        let bytes = std::fs::read(&path).map_err(|e| self.io(e))?;
-        let aad = blob_aad(&self.group, &want.hash);
-        let plain = match unseal_bytes(&self.keys, BLOB_MAGIC, &aad, bytes, MAX_BLOB) {
-            Ok(p) => p,
-            Err(SegmentError::Incomplete) => return Ok(false),
-            Err(SegmentError::Damaged(why)) => {
-                let rel = path.strip_prefix(self.medium.root()).unwrap_or(&path);
-                self.report
-                    .refused
-                    .push(format!("content {} refused: {why}", rel.display()));
-                return Ok(false);
-            }
-        };
-        if BlobHash(*blake3::hash(&plain).as_bytes()) != want.hash {
-            self.report.refused.push(format!(
-                "content {} refused: it is not the content its name says",
-                path.display()
-            ));
-            return Ok(false);
-        }
-        let from = (want.from as usize).min(plain.len());
-        let tail = &plain[from..];
         self.engine
             .blobs()
-            .put(&want.hash, want.from, Some(tail.len() as u64), tail)
+            .put(&want.hash, want.from, Some(tail.len() as u64), &tail[..])
             .map_err(|e| SyncError::Share {
                 share: share.name.to_string(),
                 detail: e.to_string(),
@@ -964,6 +955,83 @@ impl<'a> Round<'a> {
         line.blobs_in += 1;
         line.blob_bytes_in += tail.len() as u64;
         Ok(true)
+    }
+
+    /// The bytes of content `hash` past `from`, as the remote holds them:
+    /// from its whole copy, or from its tail (and, for bytes before the
+    /// tail, its parent's, up to `chain` links back). `None` when it is
+    /// not there (yet), not whole, or refused (reported).
+    fn content_from(
+        &mut self,
+        hash: &BlobHash,
+        from: u64,
+        chain: u32,
+    ) -> Result<Option<Vec<u8>>, SyncError> {
+        let name = self.keys.blob_name(hash);
+        let Some(held) = self.blobs.get(&name).cloned() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&held.path).map_err(|e| self.io(e))?;
+        let rel = held
+            .path
+            .strip_prefix(self.medium.root())
+            .unwrap_or(&held.path)
+            .display()
+            .to_string();
+        let (magic, aad) = if held.tail {
+            (TAIL_MAGIC, tail_aad(&self.group, hash))
+        } else {
+            (BLOB_MAGIC, blob_aad(&self.group, hash))
+        };
+        let plain = match unseal_bytes(&self.keys, magic, &aad, bytes, MAX_BLOB + 40) {
+            Ok(p) => p,
+            Err(SegmentError::Incomplete) => return Ok(None),
+            Err(SegmentError::Damaged(why)) => {
+                self.report
+                    .refused
+                    .push(format!("content {rel} refused: {why}"));
+                return Ok(None);
+            }
+        };
+        if !held.tail {
+            if BlobHash(*blake3::hash(&plain).as_bytes()) != *hash {
+                self.report.refused.push(format!(
+                    "content {rel} refused: it is not the content its name says"
+                ));
+                return Ok(None);
+            }
+            return Ok(plain.get(from as usize..).map(<[u8]>::to_vec));
+        }
+        // A tail: the whole content is the parent's bytes, then these. What
+        // it assembles to is checked against `hash` by the blob store (from
+        // 0) or by the engine (past a prefix this node holds).
+        if plain.len() < 40 {
+            self.report.refused.push(format!(
+                "content {rel} refused: a tail too short to hold its header"
+            ));
+            return Ok(None);
+        }
+        let parent = BlobHash(plain[..32].try_into().expect("32 bytes"));
+        let at = u64::from_le_bytes(plain[32..40].try_into().expect("8 bytes"));
+        let new = &plain[40..];
+        if from >= at {
+            return Ok(new.get((from - at) as usize..).map(<[u8]>::to_vec));
+        }
+        if chain == 0 || at > MAX_BLOB {
+            return Ok(None);
+        }
+        let Some(mut out) = self.content_from(&parent, from, chain - 1)? else {
+            return Ok(None);
+        };
+        if from + out.len() as u64 != at {
+            self.report.refused.push(format!(
+                "content {rel} refused: its parent is {} bytes long, not {at}",
+                from + out.len() as u64
+            ));
+            return Ok(None);
+        }
+        out.extend_from_slice(new);
+        Ok(Some(out))
     }
 
     /// Writes what this node holds beyond what the remote holds: for a
@@ -1054,7 +1122,10 @@ impl<'a> Round<'a> {
     }
 
     /// Puts the content of every file version of `batch` into the remote,
-    /// unless it is there already (written by any node).
+    /// unless it is there already (written by any node). A version that
+    /// only grew its parent, whose parent the remote holds, goes as a tail:
+    /// the new bytes alone, so a session log appended to a line at a time
+    /// grows the remote by those lines, not by the whole file each time.
     fn write_contents(&mut self, dir: &Path, batch: &RecordBatch) -> Result<(), SyncError> {
         let Some(share) = self.store.share_of(&batch.stream)? else {
             return Ok(());
@@ -1068,43 +1139,96 @@ impl<'a> Round<'a> {
             if self.blobs.contains_key(&name) {
                 continue;
             }
-            let read = self
-                .engine
-                .read_blob(&share, &hash, 0)
-                .map_err(|e| SyncError::Share {
-                    share: share.name.to_string(),
-                    detail: e.to_string(),
-                })?;
+            // The parent, when this version is an append to it and the
+            // chain behind it is short enough.
+            let grown = match (v.parent, v.append_from) {
+                (Some(parent), Some(at)) if at > 0 => self
+                    .blobs
+                    .get(&self.keys.blob_name(&parent))
+                    .filter(|h| h.depth < MAX_CHAIN)
+                    .map(|h| (parent, at, h.depth + 1)),
+                _ => None,
+            };
+            let from = grown.map_or(0, |(_, at, _)| at);
+            let read =
+                self.engine
+                    .read_blob(&share, &hash, from)
+                    .map_err(|e| SyncError::Share {
+                        share: share.name.to_string(),
+                        detail: e.to_string(),
+                    })?;
             let Some((mut reader, len)) = read else {
                 // Replaced here since: readers take the newer version.
                 tracing::debug!(share = %share.name, path = %v.path, "content no longer here");
                 continue;
             };
-            if len > MAX_BLOB {
+            if from + len > MAX_BLOB {
                 tracing::warn!(share = %share.name, path = %v.path, len, "too large for a remote; not sent");
                 continue;
             }
-            let mut plain = Vec::with_capacity(len as usize);
-            reader.read_to_end(&mut plain).map_err(|e| self.io(e))?;
-            let sealed = seal_bytes(
-                &self.keys,
-                BLOB_MAGIC,
-                &blob_aad(&self.group, &hash),
-                &plain,
-            );
-            let path = dir.join("b").join(format!("{name}.blob"));
-            write_durably(&path, &sealed).map_err(|e| self.io(e))?;
-            self.blobs.insert(name, path);
+            let mut plain = Vec::with_capacity(len as usize + 40);
+            let (held, sealed) = match grown {
+                Some((parent, at, depth)) => {
+                    plain.extend_from_slice(&parent.0);
+                    plain.extend_from_slice(&at.to_le_bytes());
+                    reader.read_to_end(&mut plain).map_err(|e| self.io(e))?;
+                    let path = dir.join("b").join(format!("{name}.{depth}.tail"));
+                    let sealed = seal_bytes(
+                        &self.keys,
+                        TAIL_MAGIC,
+                        &tail_aad(&self.group, &hash),
+                        &plain,
+                    );
+                    (
+                        Held {
+                            path,
+                            tail: true,
+                            depth,
+                        },
+                        sealed,
+                    )
+                }
+                None => {
+                    reader.read_to_end(&mut plain).map_err(|e| self.io(e))?;
+                    let path = dir.join("b").join(format!("{name}.blob"));
+                    let sealed = seal_bytes(
+                        &self.keys,
+                        BLOB_MAGIC,
+                        &blob_aad(&self.group, &hash),
+                        &plain,
+                    );
+                    (
+                        Held {
+                            path,
+                            tail: false,
+                            depth: 0,
+                        },
+                        sealed,
+                    )
+                }
+            };
+            write_durably(&held.path, &sealed).map_err(|e| self.io(e))?;
+            self.blobs.insert(name, held);
             let line = self.share_line(&share);
             line.blobs_out += 1;
-            line.blob_bytes_out += plain.len() as u64;
+            line.blob_bytes_out += len;
         }
         Ok(())
     }
 }
 
-/// Every content in a remote (`w/*/b/<name>.blob`), by name.
-fn blob_index(root: &Path) -> std::io::Result<std::collections::HashMap<String, PathBuf>> {
+/// Where a content is in a remote: whole (`<name>.blob`), or as a tail on
+/// its parent (`<name>.<depth>.tail`, `depth` tails from a whole one).
+#[derive(Debug, Clone)]
+struct Held {
+    path: PathBuf,
+    tail: bool,
+    depth: u32,
+}
+
+/// Every content in a remote (`w/*/b/<name>.blob` and
+/// `w/*/b/<name>.<depth>.tail`), by name; a whole one before a tail.
+fn blob_index(root: &Path) -> std::io::Result<std::collections::HashMap<String, Held>> {
     let mut out = std::collections::HashMap::new();
     let dir = root.join("w");
     let writers = match std::fs::read_dir(&dir) {
@@ -1119,13 +1243,42 @@ fn blob_index(root: &Path) -> std::io::Result<std::collections::HashMap<String, 
         };
         for f in files {
             let f = f?;
-            if let Some(name) = f
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".blob"))
-                .filter(|n| n.len() == 32 && n.bytes().all(|c| c.is_ascii_hexdigit()))
+            let file = f.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let (name, held) = if let Some(name) = file.strip_suffix(".blob") {
+                (
+                    name,
+                    Held {
+                        path: f.path(),
+                        tail: false,
+                        depth: 0,
+                    },
+                )
+            } else if let Some((name, depth)) = file
+                .strip_suffix(".tail")
+                .and_then(|n| n.split_once('.'))
+                .and_then(|(n, d)| Some((n, d.parse::<u32>().ok()?)))
             {
-                out.entry(name.to_owned()).or_insert_with(|| f.path());
+                (
+                    name,
+                    Held {
+                        path: f.path(),
+                        tail: true,
+                        depth,
+                    },
+                )
+            } else {
+                continue;
+            };
+            if name.len() != 32 || !name.bytes().all(|c| c.is_ascii_hexdigit()) {
+                continue;
+            }
+            match out.get(name) {
+                Some(Held { tail: false, .. }) => {}
+                Some(have) if held.tail && have.depth <= held.depth => {}
+                _ => {
+                    out.insert(name.to_owned(), held);
+                }
             }
         }
     }

@@ -556,6 +556,100 @@ fn shares_travel_through_a_remote_conflicts_included() {
     }
 }
 
+/// A session log that only grows sends only its new bytes through a
+/// remote: the remote grows by the appended lines, not by the whole file
+/// each time. A node that held the start gets the tails; a node that holds
+/// nothing gets the whole file, assembled from the chain.
+#[test]
+fn a_grown_log_sends_only_its_new_bytes_through_a_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let medium = dir.path().join("medium");
+    std::fs::create_dir_all(&medium).unwrap();
+    let contents = || -> u64 {
+        files(&medium)
+            .iter()
+            .filter(|(p, _)| p.parent().is_some_and(|d| d.ends_with("b")))
+            .map(|(_, b)| b.len() as u64)
+            .sum()
+    };
+    let sessions = |node: &Node, mode: &[&str]| {
+        let d = node.dir.path().join("sessions");
+        std::fs::create_dir_all(&d).unwrap();
+        let mut args = vec!["share", "add", "sessions", d.to_str().unwrap(), "--mode"];
+        args.extend_from_slice(mode);
+        node.ok(&args);
+        d
+    };
+    let phone = Node::new("phone");
+    let ps = sessions(&phone, &["send-only"]);
+    // A megabyte that does not compress away: hex of a simple generator.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut log = String::new();
+    while log.len() < 1 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        log.push_str(&format!(
+            "{{\"turn\":\"{x:016x}{:016x}\"}}\n",
+            x.rotate_left(29)
+        ));
+    }
+    std::fs::write(ps.join("s1.jsonl"), &log).unwrap();
+    phone.ok(&[
+        "remote",
+        "add",
+        "sync",
+        &format!("folder:{}", medium.display()),
+    ]);
+    phone.ok(&["sync", "sync"]);
+    let whole = contents();
+    assert!(whole > 400_000, "{whole}");
+
+    let container = Node::new("container");
+    let cs = sessions(&container, &["receive-only"]);
+    container.ok(&["remote", "join", &invite(&phone, "sync")]);
+    assert_eq!(std::fs::read(cs.join("s1.jsonl")).unwrap(), log.as_bytes());
+
+    for turn in 0..3 {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ps.join("s1.jsonl"))
+            .unwrap();
+        let line = format!(
+            "{{\"turn\":\"appended {turn}, a line of about a hundred bytes as agents write them\"}}\n"
+        );
+        std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
+        log.push_str(&line);
+        drop(f);
+        phone.ok(&["sync", "sync"]);
+        container.ok(&["sync", "sync"]);
+        assert_eq!(std::fs::read(cs.join("s1.jsonl")).unwrap(), log.as_bytes());
+    }
+    let grown = contents() - whole;
+    eprintln!(
+        "the remote grew by {grown} bytes for 3 appended lines ({whole} for the first megabyte)"
+    );
+    assert!(
+        grown < 3 * 1024,
+        "the remote grew by {grown} bytes for 3 lines"
+    );
+    let tails = files(&medium)
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "tail"))
+        .count();
+    assert_eq!(tails, 3);
+
+    // A node that holds nothing gets the whole log, assembled.
+    let laptop = Node::new("laptop");
+    let ls = sessions(&laptop, &["receive-only"]);
+    laptop.ok(&["remote", "join", &invite(&phone, "sync")]);
+    assert_eq!(std::fs::read(ls.join("s1.jsonl")).unwrap(), log.as_bytes());
+    laptop.assert_intact();
+    // The laptop's card went into the remote as it joined.
+    phone.ok(&["sync", "sync"]);
+    phone.ok(&["verify", "sync"]);
+}
+
 /// The daemon treats a remote as a peer: a row remembered on one node
 /// reaches another through a folder, with no `selves sync` typed anywhere
 /// (the writer pushes after the change; the reader sees the new file).
