@@ -14,6 +14,7 @@
 //! method is blocking, so async callers use `spawn_blocking`. All SQL of
 //! selves lives in this crate.
 
+pub mod captures;
 pub mod cards;
 pub mod chain;
 pub mod log;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use selves_wire::{Name, NodeId, StreamName};
 
+pub use captures::{Capture, FileMark, HeldRow, HeldState};
 pub use chain::{Fork, Refusal, RefusalCount, RefusalKind};
 pub use log::{ApplySummary, RangeRead};
 pub use memex::ArrivalPage;

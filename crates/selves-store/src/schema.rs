@@ -329,6 +329,39 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (alias, writer)
     ) WITHOUT ROWID;
     "#,
+    // 13: capture (docs/capture.md): the sources this node reads agent
+    // sessions and notes from, how far it has read each file, and the
+    // messages it captured but holds back because they look secret.
+    r#"
+    CREATE TABLE captures (
+        name       TEXT PRIMARY KEY,
+        format     TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        options    TEXT NOT NULL,
+        added_at   INTEGER NOT NULL,
+        last_run   INTEGER,
+        last_error TEXT,
+        rows       INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE capture_files (
+        capture TEXT NOT NULL,
+        path    TEXT NOT NULL,
+        size    INTEGER NOT NULL,
+        mtime   INTEGER NOT NULL,
+        offset  INTEGER NOT NULL,
+        head    BLOB NOT NULL,
+        context TEXT,
+        PRIMARY KEY (capture, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE held_rows (
+        key     BLOB PRIMARY KEY,
+        capture TEXT NOT NULL,
+        row     TEXT NOT NULL,
+        reason  TEXT NOT NULL,
+        since   INTEGER NOT NULL,
+        dropped INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

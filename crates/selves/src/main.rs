@@ -2,6 +2,7 @@
 //! it runs on. This binary is glue: it parses the command line, finds the
 //! node's home, and drives the store, server and client crates.
 
+mod capture;
 mod commands;
 mod daemon;
 mod demo;
@@ -61,6 +62,9 @@ enum Command {
     Remote(commands::remote::RemoteCommand),
     /// Replace a peer's token (the old one stops working) and print a new pair blob
     RotateToken(commands::peers::RotateArgs),
+    /// Fill memory from agent sessions and notes: sources, and messages held as secret
+    #[command(subcommand)]
+    Capture(commands::capture::CaptureCommand),
     /// Write one message into memory
     Remember(commands::memory::RememberArgs),
     /// Import rows (JSON lines, the memex Row shape) into memory
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peer(c) => commands::peers::peer(home, c),
         Command::Remote(c) => commands::remote::remote(home, c),
         Command::RotateToken(a) => commands::peers::rotate(home, a),
+        Command::Capture(c) => commands::capture::capture(home, c),
         Command::Remember(a) => commands::memory::remember(home, a),
         Command::Import(a) => commands::memory::import(home, a),
         Command::Export(a) => commands::memory::export(home, a),

@@ -1,6 +1,7 @@
 //! One module per group of commands; each turns arguments into calls on
 //! the store, server and client crates and prints the outcome.
 
+pub mod capture;
 pub mod identity;
 pub mod join;
 pub mod memory;

@@ -15,6 +15,8 @@
 //!   restarted by how it failed, checked through the tunnel;
 //! - a supervisor that starts and stops those as peers and shares are
 //!   added and removed;
+//! - the capture task ([`crate::capture`]): agent sessions and notes read
+//!   into memory within a second of being written;
 //! - the identity task ([`crate::identity`]): this node's card kept fresh,
 //!   `SELVES.md` rendered into every two-way share.
 //!
@@ -133,6 +135,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
         };
         tracing::info!(node = %home.name(), "daemon started");
         let identity = tokio::spawn(crate::identity::run(ctx.clone()));
+        let capture = tokio::spawn(crate::capture::watch(ctx.clone()));
         let heartbeat = tokio::spawn(lock::heartbeat(home.dir.clone(), stop.clone()));
         let supervisor = tokio::spawn(supervise(ctx));
         signals.recv().await;
@@ -142,6 +145,7 @@ pub fn run(home: Option<PathBuf>, args: DaemonArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "the supervisor failed");
         }
         let _ = identity.await;
+        let _ = capture.await;
         if let Some(server) = server {
             match server.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "the server failed"),

@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `selves` binary, real TLS on loopback, real
 //! SQLite files in temporary homes, real processes killed with SIGKILL.
 
+mod capture;
 mod cli;
 mod crash;
 mod daemon;
