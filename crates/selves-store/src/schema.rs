@@ -353,6 +353,9 @@ const MIGRATIONS: &[&str] = &[
         context TEXT,
         PRIMARY KEY (capture, path)
     ) WITHOUT ROWID;
+    -- `recent` reads the newest rows first; conversations by id alone.
+    CREATE INDEX messages_ts ON messages (ts);
+    CREATE INDEX conversations_id ON conversations (conversation_id);
     CREATE TABLE held_rows (
         key     BLOB PRIMARY KEY,
         capture TEXT NOT NULL,

@@ -20,6 +20,8 @@ pub struct SearchQuery {
     pub text: String,
     pub origin: Option<String>,
     pub source: Option<String>,
+    /// Only rows at or after this time (seconds).
+    pub since: Option<i64>,
     pub limit: usize,
 }
 
@@ -178,11 +180,12 @@ impl Store {
              WHERE fts MATCH ?1
                AND (?2 IS NULL OR m.origin = ?2)
                AND (?3 IS NULL OR c.source = ?3)
+               AND (?5 IS NULL OR m.ts >= ?5)
              ORDER BY fts.rank LIMIT ?4"
         ))?;
         let words: Vec<&str> = q.text.split_whitespace().collect();
         let rows = stmt.query_map(
-            params![fts, q.origin, q.source, q.limit.max(1) as i64],
+            params![fts, q.origin, q.source, q.limit.max(1) as i64, q.since],
             |row| {
                 Ok((
                     read_row(row, 0)?,
@@ -206,10 +209,11 @@ impl Store {
                  WHERE m.arrival > (SELECT watermark FROM search.state WHERE id = 1)
                    AND (?1 IS NULL OR m.origin = ?1)
                    AND (?2 IS NULL OR c.source = ?2)
+                   AND (?3 IS NULL OR m.ts >= ?3)
                  ORDER BY m.arrival DESC"
             ))?;
             let lowered: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
-            let mut rows = stmt.query(params![q.origin, q.source])?;
+            let mut rows = stmt.query(params![q.origin, q.source, q.since])?;
             while let Some(row) = rows.next()? {
                 if found.len() >= q.limit.max(1) {
                     break;
@@ -231,6 +235,52 @@ impl Store {
             })
             .collect();
         Ok(hits)
+    }
+}
+
+impl Store {
+    /// The newest rows (by their own time), newest first.
+    pub fn recent(
+        &self,
+        origin: Option<&str>,
+        source: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Row>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
+             WHERE (?1 IS NULL OR m.origin = ?1) AND (?2 IS NULL OR c.source = ?2)
+             ORDER BY m.ts DESC, m.id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(params![origin, source, limit.max(1) as i64], |row| {
+                read_row(row, 0)
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// A conversation's rows in order (of every source that uses the id,
+    /// unless one is named), at most `limit` from its start.
+    pub fn conversation(
+        &self,
+        conversation_id: &str,
+        source: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Row>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM conversations c JOIN messages m ON m.conv = c.id
+             WHERE c.conversation_id = ?1 AND (?2 IS NULL OR c.source = ?2)
+             ORDER BY m.ts, m.msg_id, m.id LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![conversation_id, source, limit.max(1) as i64],
+                |row| read_row(row, 0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 }
 

@@ -451,6 +451,7 @@ fn search_accepts_any_text_and_follows_edits() {
     let q = |text: &str| SearchQuery {
         text: text.into(),
         limit: 10,
+        since: None,
         ..Default::default()
     };
     for hostile in [
@@ -505,6 +506,7 @@ fn search_index_is_rebuilt_when_it_belongs_to_another_database() {
             s.search(&SearchQuery {
                 text: "apple".into(),
                 limit: 5,
+                since: None,
                 ..Default::default()
             })
             .unwrap()
@@ -523,6 +525,7 @@ fn search_index_is_rebuilt_when_it_belongs_to_another_database() {
         .search(&SearchQuery {
             text: "apple".into(),
             limit: 5,
+            since: None,
             ..Default::default()
         })
         .unwrap();
@@ -802,6 +805,7 @@ fn an_edit_is_credited_to_the_node_that_wrote_it() {
     let q = SearchQuery {
         text: "edited".into(),
         limit: 5,
+        since: None,
         ..Default::default()
     };
     let hit = &a.store.search(&q).unwrap()[0];
@@ -1079,6 +1083,7 @@ fn a_read_only_store_reads_all_and_writes_nothing() {
         .search(&SearchQuery {
             text: "walrus".into(),
             limit: 10,
+            since: None,
             ..Default::default()
         })
         .unwrap();

@@ -379,6 +379,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             text: "staging 5433".into(),
             origin: Some("laptop".into()),
             limit: 3,
+            since: None,
             ..SearchQuery::default()
         })?;
         for h in &hits {

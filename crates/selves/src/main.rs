@@ -9,6 +9,7 @@ mod demo;
 mod health;
 mod home;
 mod identity;
+mod mcp;
 mod output;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ enum Command {
     /// Fill memory from agent sessions and notes: sources, and messages held as secret
     #[command(subcommand)]
     Capture(commands::capture::CaptureCommand),
+    /// Serve memory to an agent over MCP (stdio); `mcp install` adds it to a client
+    Mcp(commands::mcp::McpArgs),
     /// Write one message into memory
     Remember(commands::memory::RememberArgs),
     /// Import rows (JSON lines, the memex Row shape) into memory
@@ -142,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remote(c) => commands::remote::remote(home, c),
         Command::RotateToken(a) => commands::peers::rotate(home, a),
         Command::Capture(c) => commands::capture::capture(home, c),
+        Command::Mcp(a) => commands::mcp::mcp(home, a),
         Command::Remember(a) => commands::memory::remember(home, a),
         Command::Import(a) => commands::memory::import(home, a),
         Command::Export(a) => commands::memory::export(home, a),

@@ -133,7 +133,7 @@ pub fn remember(home: Option<PathBuf>, args: RememberArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     let mut b = [0u8; 16];
     // Without randomness, fall back to the clock: uniqueness still holds
     // in practice for one node.
@@ -394,6 +394,7 @@ pub fn search(home: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<()> {
         origin: args.origin,
         source: args.source,
         limit: args.limit,
+        since: None,
     })?;
     if args.json {
         output::print_json(&hits)?;

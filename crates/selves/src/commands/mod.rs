@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod identity;
 pub mod join;
+pub mod mcp;
 pub mod memory;
 pub mod node;
 pub mod peers;

@@ -115,35 +115,35 @@ pub struct StatusArgs {
 }
 
 #[derive(Serialize)]
-struct Status {
-    node: NodeStatus,
+pub struct Status {
+    pub node: NodeStatus,
     home: PathBuf,
-    memory: selves_store::Counts,
+    pub memory: selves_store::Counts,
     search: SearchStatus,
     heads: Vec<HeadStatus>,
-    peers: Vec<PeerStatus>,
+    pub peers: Vec<PeerStatus>,
     tokens: Vec<TokenStatus>,
     shares: Vec<health::ShareHealth>,
     tunnels: Vec<health::TunnelHealth>,
     /// The pid of the daemon running for this home, if one is.
-    daemon: Option<u32>,
+    pub daemon: Option<u32>,
     /// One line per problem; empty when all is well.
-    problems: Vec<health::Problem>,
+    pub problems: Vec<health::Problem>,
     /// `healthy`, `degraded` or `down` (as the exit status of `--brief`).
-    health: &'static str,
+    pub health: &'static str,
 }
 
 #[derive(Serialize)]
-struct PeerStatus {
+pub struct PeerStatus {
     #[serde(flatten)]
-    remote: selves_store::Remote,
-    health: health::PeerHealth,
+    pub remote: selves_store::Remote,
+    pub health: health::PeerHealth,
 }
 
 #[derive(Serialize)]
-struct NodeStatus {
-    id: String,
-    name: String,
+pub struct NodeStatus {
+    pub id: String,
+    pub name: String,
     certificate: String,
     listen: Option<String>,
 }
@@ -213,9 +213,8 @@ pub fn trust_health(
     })
 }
 
-pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
-    let home = Home::load(Home::locate(home)?)?;
-    let store = home.open_store()?;
+/// Everything `status` reports, as the store recorded it.
+pub fn gather(home: &Home, store: &selves_store::Store) -> anyhow::Result<Status> {
     let names = store.known_nodes()?;
     let now = output::now_ms();
     let mut peers = Vec::new();
@@ -226,7 +225,7 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             remote,
         });
     }
-    let shares = crate::commands::shares::share_health(&store)?;
+    let shares = crate::commands::shares::share_health(store)?;
     let tunnels: Vec<health::TunnelHealth> = store
         .tunnels()?
         .into_iter()
@@ -236,14 +235,23 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             detail: t.detail,
         })
         .collect();
-    let trust = trust_health(&store, &home.dir)?;
-    let problems = health::problems(
+    let trust = trust_health(store, &home.dir)?;
+    let mut problems = health::problems(
         &peers.iter().map(|p| p.health.clone()).collect::<Vec<_>>(),
         &shares,
         &tunnels,
         &trust,
         now,
     );
+    // A source that cannot be read is memory not being filled.
+    for c in store.captures()? {
+        if let Some(e) = &c.last_error {
+            problems.push(health::Problem {
+                severity: health::Severity::Degraded,
+                line: format!("⚠ capture {} failing: {}", c.name, output::printable(e)),
+            });
+        }
+    }
     let worst = problems.iter().map(|p| p.severity).max();
     let status = Status {
         node: NodeStatus {
@@ -289,6 +297,14 @@ pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
             })
             .collect(),
     };
+    Ok(status)
+}
+
+pub fn status(home: Option<PathBuf>, args: StatusArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let status = gather(&home, &store)?;
+    let worst = status.problems.iter().map(|p| p.severity).max();
     // Only --brief answers with its exit status: the full forms are
     // reports, and succeed whenever they could be read.
     let exit = match worst {

@@ -9,6 +9,7 @@ mod full;
 mod harness;
 mod identity;
 mod join;
+mod mcp;
 mod memex_conformance;
 mod memex_peer;
 mod protocol;
