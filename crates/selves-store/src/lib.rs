@@ -333,6 +333,10 @@ impl Store {
         // batch.
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.pragma_update(None, "cache_size", -8000)?;
+        // What is deleted or replaced is overwritten, not left in free
+        // space: a forgotten row's words must leave the file (see
+        // `Store::purge_forgotten`).
+        writer.pragma_update(None, "secure_delete", "ON")?;
         // Checkpoints run on the checkpointer's thread, off the commit path;
         // the writer checkpoints itself only if the WAL grows past 256 MB.
         writer.pragma_update(None, "wal_autocheckpoint", 65536)?;

@@ -546,6 +546,41 @@ impl Store {
         Ok(summary)
     }
 
+    /// Rows with this `msg_id` (in any conversation, or one source's),
+    /// forgotten ones left out.
+    pub fn rows_by_msg_id(&self, msg_id: &str, source: Option<&str>) -> Result<Vec<Row>> {
+        let r = self.reader()?;
+        let mut stmt = r.prepare(&format!(
+            "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
+             WHERE m.msg_id = ?1 AND (?2 IS NULL OR c.source = ?2) AND m.edited_at IS NOT ?3
+             ORDER BY c.source, c.conversation_id"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![msg_id, source, selves_wire::row::FORGOTTEN_AT],
+                |row| read_row(row, 0),
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets local-only rows (they never synced, so no tombstone needs
+    /// to travel): their text is deleted here. Returns how many.
+    pub fn forget_local(&self, uuids: &[String]) -> Result<u64> {
+        self.write(|tx| {
+            let mut n = 0;
+            for uuid in uuids {
+                n += tx.execute(
+                    "UPDATE messages SET text = '', edited_at = ?2,
+                        arrival = (SELECT MAX(arrival) FROM messages) + 1
+                     WHERE key IS NULL AND uuid = ?1",
+                    params![uuid, selves_wire::row::FORGOTTEN_AT],
+                )? as u64;
+            }
+            Ok(n)
+        })
+    }
+
     /// The row with this identity, if held.
     pub fn get_row(
         &self,

@@ -6,6 +6,7 @@
 
 use rusqlite::{Connection, params};
 use selves_wire::Row;
+use selves_wire::row::FORGOTTEN_AT;
 
 use crate::memory::{ROW_COLUMNS, read_row};
 use crate::schema::SEARCH_SCHEMA;
@@ -47,6 +48,9 @@ fn open_search(store: &Store) -> Result<Connection> {
     // Derived data: losing the last commits on power loss only means
     // re-indexing them.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // A row replaced or forgotten leaves no words behind: FTS5 removes its
+    // entries from the index itself, and freed pages are overwritten.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 
@@ -56,6 +60,10 @@ pub(crate) fn prepare(store: &Store) -> Result<()> {
     let mut conn = open_search(store)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(SEARCH_SCHEMA)?;
+    tx.execute(
+        "INSERT INTO fts (fts, rank) VALUES ('secure-delete', 1)",
+        [],
+    )?;
     let instance: Option<String> = rusqlite::OptionalExtension::optional(tx.query_row(
         "SELECT instance FROM state WHERE id = 1",
         [],
@@ -82,6 +90,20 @@ pub(crate) fn prepare(store: &Store) -> Result<()> {
         .search_writer
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    Ok(())
+}
+
+/// Leaves no copy of forgotten words in the files: the write-ahead logs
+/// of both databases are copied back and emptied (a log holds every page
+/// version written since the last reset, the text before it was
+/// forgotten included), and the index's segments are merged so no old
+/// segment holds them. Waits for readers, as a TRUNCATE checkpoint does.
+fn purge_files(search: &Connection, store: &Store) -> Result<()> {
+    search.execute("INSERT INTO fts (fts) VALUES ('optimize')", [])?;
+    search.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    let w = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+    w.conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(())
 }
 
@@ -118,24 +140,39 @@ impl Store {
             tx.query_row("SELECT watermark FROM state WHERE id = 1", [], |r| r.get(0))?;
         let reader = self.reader()?;
         let mut select = reader.prepare_cached(
-            "SELECT id, arrival, text FROM messages WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+            "SELECT id, arrival, text, edited_at IS ?3 FROM messages WHERE arrival > ?1
+             ORDER BY arrival LIMIT ?2",
         )?;
-        let mut rows = select.query(params![watermark, chunk as i64])?;
+        let mut rows = select.query(params![watermark, chunk as i64, FORGOTTEN_AT])?;
         let mut insert =
             tx.prepare_cached("INSERT OR REPLACE INTO fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut delete = tx.prepare_cached("DELETE FROM fts WHERE rowid = ?1")?;
         let mut n = 0;
+        let mut forgotten = 0;
         let mut high = watermark;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             high = row.get(1)?;
-            insert.execute(params![id, row.get_ref(2)?.as_str()?])?;
+            if row.get::<_, bool>(3)? {
+                delete.execute([id])?;
+                forgotten += 1;
+            } else {
+                insert.execute(params![id, row.get_ref(2)?.as_str()?])?;
+            }
             n += 1;
         }
-        drop(insert);
+        drop((insert, delete));
         if n > 0 {
             tx.execute("UPDATE state SET watermark = ?1 WHERE id = 1", [high])?;
         }
         tx.commit()?;
+        drop(rows);
+        drop(select);
+        drop(reader);
+        if forgotten > 0 {
+            // The words are gone from the tables; now from the files too.
+            purge_files(conn, self)?;
+        }
         Ok(n)
     }
 
@@ -250,12 +287,14 @@ impl Store {
         let mut stmt = r.prepare_cached(&format!(
             "SELECT {ROW_COLUMNS} FROM messages m JOIN conversations c ON c.id = m.conv
              WHERE (?1 IS NULL OR m.origin = ?1) AND (?2 IS NULL OR c.source = ?2)
+               AND m.edited_at IS NOT ?4
              ORDER BY m.ts DESC, m.id DESC LIMIT ?3"
         ))?;
         let rows = stmt
-            .query_map(params![origin, source, limit.max(1) as i64], |row| {
-                read_row(row, 0)
-            })?
+            .query_map(
+                params![origin, source, limit.max(1) as i64, FORGOTTEN_AT],
+                |row| read_row(row, 0),
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -272,11 +311,12 @@ impl Store {
         let mut stmt = r.prepare_cached(&format!(
             "SELECT {ROW_COLUMNS} FROM conversations c JOIN messages m ON m.conv = c.id
              WHERE c.conversation_id = ?1 AND (?2 IS NULL OR c.source = ?2)
+               AND m.edited_at IS NOT ?4
              ORDER BY m.ts, m.msg_id, m.id LIMIT ?3"
         ))?;
         let rows = stmt
             .query_map(
-                params![conversation_id, source, limit.max(1) as i64],
+                params![conversation_id, source, limit.max(1) as i64, FORGOTTEN_AT],
                 |row| read_row(row, 0),
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -26,6 +26,14 @@ pub const MAX_TS: i64 = 253_402_300_799;
 /// Unix epoch to the end of year 9999.
 pub const MAX_MS: i64 = MAX_TS * 1000 + 999;
 
+/// The `edited_at` of a forgotten row (`selves forget`): later than any
+/// edit can be, so the tombstone wins over every version of the row, held
+/// anywhere or written later by a node that was offline.
+pub const FORGOTTEN_AT: i64 = MAX_MS;
+/// What a forgotten row's conversation title becomes, when the title
+/// carried its words.
+pub const FORGOTTEN_TITLE: &str = "(forgotten)";
+
 /// Checks a millisecond time against [`MAX_MS`] (and the epoch).
 pub fn check_ms(field: &'static str, ms: i64) -> Result<(), RowError> {
     if (0..=MAX_MS).contains(&ms) {
@@ -175,6 +183,39 @@ impl Row {
     }
 
     /// The identity key, or `None` for a local-only row (null `msg_id`).
+    pub fn is_forgotten(&self) -> bool {
+        self.edited_at == Some(FORGOTTEN_AT)
+    }
+
+    /// The tombstone of this row: its identity and place, no text, stamped
+    /// [`FORGOTTEN_AT`]. Its conversation's title goes too when `title`
+    /// (a title holding the forgotten words) is set: the tombstone's view
+    /// of the conversation then wins over every other, for good.
+    pub fn tombstone(&self, forgotten_by: &str, at_ms: i64, title: bool) -> Row {
+        let conversation = self.conversation.clone().map(|c| {
+            if title {
+                ConversationMeta {
+                    title: Some(FORGOTTEN_TITLE.to_owned()),
+                    last_ts: Some(MAX_TS),
+                    ..c
+                }
+            } else {
+                c
+            }
+        });
+        Row {
+            text: String::new(),
+            edited_at: Some(FORGOTTEN_AT),
+            metadata: Some(
+                serde_json::json!({"forgotten": {"by": forgotten_by, "at": at_ms}}).to_string(),
+            ),
+            sender: None,
+            channel: None,
+            conversation,
+            ..self.clone()
+        }
+    }
+
     pub fn key(&self) -> Option<RowKey> {
         let msg_id = self.msg_id.as_deref()?;
         Some(row_key(&self.source, &self.conversation_id, msg_id))

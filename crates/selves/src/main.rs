@@ -72,6 +72,8 @@ enum Command {
     Remember(commands::memory::RememberArgs),
     /// Import rows (JSON lines, the memex Row shape) into memory
     Import(commands::memory::ImportArgs),
+    /// Remove messages from memory here and on every node (a tombstone travels)
+    Forget(commands::memory::ForgetArgs),
     /// Print every row as JSON lines, in a stable order
     Export(commands::memory::ExportArgs),
     /// Full-text search over memory
@@ -148,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mcp(a) => commands::mcp::mcp(home, a),
         Command::Remember(a) => commands::memory::remember(home, a),
         Command::Import(a) => commands::memory::import(home, a),
+        Command::Forget(a) => commands::memory::forget(home, a),
         Command::Export(a) => commands::memory::export(home, a),
         Command::Search(a) => commands::memory::search(home, a),
         Command::Sync(a) => commands::sync::sync(home, a),

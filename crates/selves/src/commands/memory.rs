@@ -430,3 +430,161 @@ pub fn search(home: Option<PathBuf>, args: SearchArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["msg_id", "conversation", "matching"])))]
+pub struct ForgetArgs {
+    /// One message: its id, or `SOURCE/CONVERSATION/ID` as `remember` prints it
+    #[arg(long)]
+    msg_id: Option<String>,
+    /// Every message of a conversation
+    #[arg(long)]
+    conversation: Option<String>,
+    /// Every message that matches these words (as `search` matches them)
+    #[arg(long = "match", value_name = "TEXT")]
+    matching: Option<String>,
+    /// Only rows of this source
+    #[arg(long)]
+    source: Option<String>,
+    /// Say what would be forgotten, and forget nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Most rows `--match` forgets at once.
+const FORGET_MAX: usize = 100_000;
+
+/// `forget`: a tombstone per row, which wins over every version of it on
+/// every node (ARCHITECTURE.md, "Forgetting"); the words leave this
+/// node's files at once, and every other node's as the tombstone reaches it.
+pub fn forget(home: Option<PathBuf>, args: ForgetArgs) -> anyhow::Result<()> {
+    let home = Home::load(Home::locate(home)?)?;
+    let store = home.open_store()?;
+    let source = args.source.as_deref();
+    let (rows, what) = if let Some(id) = &args.msg_id {
+        let mut rows = store.rows_by_msg_id(id, source)?;
+        if rows.is_empty()
+            && let [s, c, m] = id.splitn(3, '/').collect::<Vec<_>>()[..]
+        {
+            rows.extend(store.get_row(s, c, m)?.filter(|r| !r.is_forgotten()));
+        }
+        (rows, format!("message {id}"))
+    } else if let Some(c) = &args.conversation {
+        (
+            store.conversation(c, source, FORGET_MAX)?,
+            format!("conversation {c}"),
+        )
+    } else {
+        let text = args.matching.clone().unwrap_or_default();
+        let hits = store.search(&SearchQuery {
+            text: text.clone(),
+            origin: None,
+            source: args.source.clone(),
+            since: None,
+            limit: FORGET_MAX,
+        })?;
+        (
+            hits.into_iter().map(|h| h.row).collect(),
+            format!("messages matching {text:?}"),
+        )
+    };
+    if rows.is_empty() {
+        eprintln!("nothing to forget: no {what} in memory");
+        return Err(Exit(code::FAILED).into());
+    }
+    let verb = if args.dry_run {
+        "would forget"
+    } else {
+        "forgetting"
+    };
+    println!(
+        "{verb} {}:",
+        output::count(rows.len() as u64, "message", "messages")
+    );
+    for r in rows.iter().take(20) {
+        println!(
+            "  {}/{} {} [{}] {}",
+            output::printable(&r.source),
+            output::printable(&r.conversation_id),
+            output::date(r.ts),
+            output::printable(r.origin.as_deref().unwrap_or("?")),
+            output::printable(&preview(&r.text))
+        );
+    }
+    if rows.len() > 20 {
+        println!("  … and {} more", rows.len() - 20);
+    }
+    if args.dry_run {
+        return Ok(());
+    }
+    let me = home.name().to_string();
+    let now = now_ms();
+    let whole_conversation = args.conversation.is_some();
+    let (synced, local): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|r| r.msg_id.is_some());
+    let tombstones: Vec<Row> = synced
+        .iter()
+        .map(|r| {
+            // A title that carries the forgotten words goes with them.
+            let title = r
+                .conversation
+                .as_ref()
+                .and_then(|c| c.title.as_deref())
+                .is_some_and(|t| {
+                    whole_conversation
+                        || carries(t, &r.text)
+                        || args.matching.as_deref().is_some_and(|m| holds_words(t, m))
+                });
+            r.tombstone(&me, now, title)
+        })
+        .collect();
+    for chunk in tombstones.chunks(IMPORT_BATCH) {
+        let s = store.capture(
+            chunk.to_vec(),
+            &CaptureOptions {
+                stamp_origin: None,
+                ..CaptureOptions::default()
+            },
+        )?;
+        if let Some((_, why)) = s.refused.first() {
+            bail!("cannot forget: {why}");
+        }
+    }
+    store.forget_local(
+        &local
+            .iter()
+            .filter_map(|r| r.uuid.clone())
+            .collect::<Vec<_>>(),
+    )?;
+    // Indexing the tombstones takes the words out of the index and the
+    // files.
+    store.catch_up_index(|_| {})?;
+    println!(
+        "forgotten here; every other node forgets {} with its next sync",
+        if synced.len() == 1 { "it" } else { "them" }
+    );
+    Ok(())
+}
+
+/// Whether a title holds a message's words: it is the message's start
+/// (as capture makes titles), or the message holds the title.
+fn carries(title: &str, text: &str) -> bool {
+    let title = title.trim_end_matches('…').trim();
+    !title.is_empty() && (text.trim_start().starts_with(title) || text.contains(title))
+}
+
+/// Whether `text` holds every word of `words`, ignoring case.
+fn holds_words(text: &str, words: &str) -> bool {
+    let text = text.to_lowercase();
+    words
+        .split_whitespace()
+        .all(|w| text.contains(&w.to_lowercase()))
+}
+
+/// A message on one line, at most 80 characters.
+fn preview(text: &str) -> String {
+    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one.char_indices().nth(80) {
+        Some((i, _)) => format!("{}…", &one[..i]),
+        None => one,
+    }
+}

@@ -5,6 +5,7 @@ mod capture;
 mod cli;
 mod crash;
 mod daemon;
+mod forget;
 mod full;
 mod harness;
 mod identity;
