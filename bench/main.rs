@@ -12,6 +12,8 @@
 //! `bench/run shares [--files N]`: shares (see `shares.rs`).
 //! `bench/run join [--rows N]`: `selves join` end to end (see `join.rs`).
 //! `bench/run remote [--rows N]`: through a git remote (see `remote.rs`).
+//! `bench/run capture [--mb N]`: capture of agent sessions, an append
+//! searchable on a second node, MCP search latency (see `capture.rs`).
 //! `bench/run chaos [--cycles N] [--seed N] [--skip WHAT,…]
 //! [--restore-with-folder]`: not a measurement but a fault-injection run
 //! (see `chaos.rs`): three nodes under SIGKILL, partitions, a full disk,
@@ -21,6 +23,7 @@
 //! Everything runs in a temporary directory on 127.0.0.1 (chaos: its hub in
 //! a network namespace when it can make one).
 
+mod capture;
 mod chaos;
 mod join;
 mod remote;
@@ -35,12 +38,13 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rows = 100_000usize;
     let mut files = 10_000usize;
+    let mut megabytes = 200u64;
     let mut chaos_opts = chaos::Options::default();
     let mut i = 0;
     let mut scenario = "sync".to_owned();
     let usage = |what: &str| -> ! {
         eprintln!(
-            "usage: selves-bench sync [--rows N] | shares [--files N] | join [--rows N] | remote [--rows N] | chaos [--cycles N] [--seed N] [--skip partitions,disk-full,restores,hostile] [--restore-with-folder]  ({what})"
+            "usage: selves-bench sync [--rows N] | shares [--files N] | capture [--mb N] | join [--rows N] | remote [--rows N] | chaos [--cycles N] [--seed N] [--skip partitions,disk-full,restores,hostile] [--restore-with-folder]  ({what})"
         );
         std::process::exit(2);
     };
@@ -53,6 +57,10 @@ fn main() {
         match args[i].as_str() {
             "--rows" => {
                 rows = value(i).parse().expect("--rows takes a number");
+                i += 1;
+            }
+            "--mb" => {
+                megabytes = value(i).parse().expect("--mb takes a number");
                 i += 1;
             }
             "--files" => {
@@ -77,7 +85,7 @@ fn main() {
                 i += 1;
             }
             "--restore-with-folder" => chaos_opts.restore_folder = true,
-            "sync" | "shares" | "join" | "chaos" | "remote" => scenario = args[i].clone(),
+            "sync" | "shares" | "join" | "chaos" | "remote" | "capture" => scenario = args[i].clone(),
             other => usage(&format!("unknown: {other}")),
         }
         i += 1;
@@ -97,6 +105,16 @@ fn main() {
             println!("homes, folders and chaos.log kept in {}", dir.display());
         }
         std::process::exit(code);
+    }
+    if scenario == "capture" {
+        println!(
+            "selves-bench capture: binary {}, dir {}",
+            selves.display(),
+            dir.display()
+        );
+        capture::run(&selves, &dir, megabytes);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
     }
     if scenario == "remote" {
         println!(
@@ -336,7 +354,7 @@ pub(crate) fn generate(path: &Path, n: usize) -> (u64, u64, usize) {
 
 pub(crate) struct Node {
     bin: PathBuf,
-    home: PathBuf,
+    pub(crate) home: PathBuf,
     name: String,
 }
 
@@ -376,7 +394,7 @@ impl Node {
         node
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
         c.args(args)
             .env("SELVES_HOME", &self.home)

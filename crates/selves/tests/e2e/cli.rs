@@ -222,8 +222,11 @@ fn help_lists_the_commands() {
           peer          Manage peers: the ones this node dials and the ones it let in
           remote        Sync through a git repository or a carried folder, end-to-end encrypted
           rotate-token  Replace a peer's token (the old one stops working) and print a new pair blob
+          capture       Fill memory from agent sessions and notes: sources, and messages held as secret
+          mcp           Serve memory to an agent over MCP (stdio); `mcp install` adds it to a client
           remember      Write one message into memory
           import        Import rows (JSON lines, the memex Row shape) into memory
+          forget        Remove messages from memory here and on every node (a tombstone travels)
           export        Print every row as JSON lines, in a stable order
           search        Full-text search over memory
           sync          Sync with a peer (or all peers), both directions: memory and shares
