@@ -36,22 +36,31 @@ fn words(rng: &mut Rng, lo: usize, hi: usize) -> String {
 /// One session line as Claude Code writes it.
 fn line(session: &str, n: usize, kind: usize, rng: &mut Rng) -> String {
     let uuid = format!("{session}-{n}");
-    let ts = format!("2026-11-{:02}T{:02}:{:02}:00.000Z", 1 + n % 28, n % 24, n % 60);
+    let ts = format!(
+        "2026-11-{:02}T{:02}:{:02}:00.000Z",
+        1 + n % 28,
+        n % 24,
+        n % 60
+    );
     let v = match kind {
         0 => serde_json::json!({"parentUuid": null, "isSidechain": false, "userType": "external",
             "cwd": "/home/ana/project", "sessionId": session, "version": "2.0.14", "gitBranch": "main",
             "type": "user", "message": {"role": "user", "content": words(rng, 8, 80)},
             "uuid": uuid, "timestamp": ts}),
-        1 => serde_json::json!({"parentUuid": null, "cwd": "/home/ana/project", "sessionId": session,
+        1 => {
+            serde_json::json!({"parentUuid": null, "cwd": "/home/ana/project", "sessionId": session,
             "type": "assistant", "message": {"id": format!("msg_{n}"), "role": "assistant", "model": "claude-sonnet-4-5",
                 "content": [{"type": "thinking", "thinking": words(rng, 30, 50)},
                             {"type": "text", "text": words(rng, 20, 300)},
                             {"type": "tool_use", "id": format!("toolu_{n}"), "name": "Bash", "input": {"command": "cargo test"}}]},
-            "uuid": uuid, "timestamp": ts}),
-        _ => serde_json::json!({"parentUuid": null, "cwd": "/home/ana/project", "sessionId": session,
+            "uuid": uuid, "timestamp": ts})
+        }
+        _ => {
+            serde_json::json!({"parentUuid": null, "cwd": "/home/ana/project", "sessionId": session,
             "type": "user", "message": {"role": "user", "content": [{"tool_use_id": format!("toolu_{n}"),
                 "type": "tool_result", "content": words(rng, 100, 1500)}]},
-            "uuid": uuid, "timestamp": ts}),
+            "uuid": uuid, "timestamp": ts})
+        }
     };
     v.to_string()
 }
@@ -64,7 +73,11 @@ fn generate(dir: &Path, bytes: u64) -> (u64, usize, usize) {
     while total < bytes {
         let project = dir.join(format!("-home-ana-project-{}", files % 40));
         std::fs::create_dir_all(&project).expect("mkdir");
-        let session = format!("{:08x}-0000-4000-8000-{:012x}", files, rng.range(0, 1 << 40));
+        let session = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            files,
+            rng.range(0, 1 << 40)
+        );
         let mut f = std::io::BufWriter::new(
             std::fs::File::create(project.join(format!("{session}.jsonl"))).expect("create"),
         );
@@ -194,7 +207,9 @@ pub(crate) fn run(selves: &Path, dir: &Path, megabytes: u64) {
 
     // 3. MCP search latency on 100 000 rows.
     let Some(python) = python() else {
-        println!("MCP search: skipped (no Python with the mcp SDK: run .ci/run or set SELVES_MCP_PYTHON)");
+        println!(
+            "MCP search: skipped (no Python with the mcp SDK: run .ci/run or set SELVES_MCP_PYTHON)"
+        );
         return;
     };
     let big = Node::new(selves, dir, "mcp");

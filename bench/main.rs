@@ -85,7 +85,9 @@ fn main() {
                 i += 1;
             }
             "--restore-with-folder" => chaos_opts.restore_folder = true,
-            "sync" | "shares" | "join" | "chaos" | "remote" | "capture" => scenario = args[i].clone(),
+            "sync" | "shares" | "join" | "chaos" | "remote" | "capture" => {
+                scenario = args[i].clone()
+            }
             other => usage(&format!("unknown: {other}")),
         }
         i += 1;
@@ -113,7 +115,9 @@ fn main() {
             dir.display()
         );
         capture::run(&selves, &dir, megabytes);
-        let _ = std::fs::remove_dir_all(&dir);
+        if std::env::var_os("SELVES_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         return;
     }
     if scenario == "remote" {

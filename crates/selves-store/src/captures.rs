@@ -129,15 +129,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Records how far a file was read: called only after what was read up
-    /// to there is captured, so the mark never runs ahead of memory.
-    pub fn set_capture_mark(&self, capture: &str, path: &str, m: &FileMark) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
+    /// Records how far files were read: called only after what was read
+    /// up to there is captured, so a mark never runs ahead of memory. Not
+    /// fsynced on its own: a mark lost to a power cut only means reading
+    /// again, which makes no copies.
+    pub fn set_capture_marks(&self, capture: &str, marks: &[(String, FileMark)]) -> Result<()> {
+        self.write_memory(crate::Durability::Deferred, |tx, _| {
+            let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO capture_files
                    (capture, path, size, mtime, offset, head, context)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+            )?;
+            for (path, m) in marks {
+                stmt.execute(params![
                     capture,
                     path,
                     m.size as i64,
@@ -145,8 +149,8 @@ impl Store {
                     m.offset as i64,
                     &m.head[..],
                     m.context
-                ],
-            )?;
+                ])?;
+            }
             Ok(())
         })
     }

@@ -4,13 +4,17 @@
 //! row, and its writes never take the main database's write lock. Sync never
 //! waits for indexing; `search` catches the index up before it answers.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 use selves_wire::Row;
 use selves_wire::row::FORGOTTEN_AT;
 
 use crate::memory::{ROW_COLUMNS, read_row};
 use crate::schema::SEARCH_SCHEMA;
 use crate::{Result, Store, StoreError};
+
+/// A query matching more than this many messages ranks only the newest
+/// this many (see [`Store::search`]).
+pub const RANK_WINDOW: i64 = 5_000;
 
 /// Rows indexed per transaction when catching up.
 pub const INDEX_CHUNK: usize = 20_000;
@@ -208,32 +212,81 @@ impl Store {
         let fts = fts_query(&q.text).ok_or(StoreError::EmptyQuery)?;
         self.catch_up_index(|_| {})?;
         let r = self.reader()?;
+        // The index ranks first, alone: joining every match to its row
+        // before sorting reads every matching text, and a common word
+        // matches most of memory. With filters, the best `k` matches may
+        // not hold `limit` that pass them: `k` grows until they do or no
+        // match is left.
         let mut stmt = r.prepare_cached(&format!(
-            "SELECT {ROW_COLUMNS}, fts.rank,
+            "WITH top AS (
+                SELECT rowid, rank FROM search.fts WHERE fts MATCH ?1 AND rowid >= ?6
+                ORDER BY rank LIMIT ?4
+             )
+             SELECT {ROW_COLUMNS}, top.rank,
                 (SELECT COALESCE(name, node_id) FROM nodes WHERE id = m.author)
-             FROM search.fts AS fts
-             JOIN messages m ON m.id = fts.rowid
+             FROM top
+             JOIN messages m ON m.id = top.rowid
              JOIN conversations c ON c.id = m.conv
-             WHERE fts MATCH ?1
-               AND (?2 IS NULL OR m.origin = ?2)
+             WHERE (?2 IS NULL OR m.origin = ?2)
                AND (?3 IS NULL OR c.source = ?3)
                AND (?5 IS NULL OR m.ts >= ?5)
-             ORDER BY fts.rank LIMIT ?4"
+             ORDER BY top.rank"
         ))?;
         let words: Vec<&str> = q.text.split_whitespace().collect();
-        let rows = stmt.query_map(
-            params![fts, q.origin, q.source, q.limit.max(1) as i64, q.since],
-            |row| {
-                Ok((
-                    read_row(row, 0)?,
-                    row.get::<_, f64>(17)?,
-                    row.get::<_, Option<String>>(18)?,
-                ))
-            },
-        )?;
+        let limit = q.limit.max(1);
+        let filtered = q.origin.is_some() || q.source.is_some() || q.since.is_some();
+        let mut k = if filtered {
+            limit.saturating_mul(8)
+        } else {
+            limit
+        };
+        // Ranking costs a little per match, and a word in most messages
+        // matches most of memory: such a query ranks its newest
+        // RANK_WINDOW matches (the id of the oldest of them is found by
+        // walking the index, which does not rank). A rarer query ranks
+        // every match.
+        let mut from: i64 = r
+            .prepare_cached(
+                "SELECT rowid FROM search.fts WHERE fts MATCH ?1
+                 ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
+            )?
+            .query_row(params![fts, RANK_WINDOW - 1], |row| row.get(0))
+            .optional()?
+            .unwrap_or(i64::MIN);
         let mut found = Vec::new();
-        for row in rows {
-            found.push(row?);
+        loop {
+            found.clear();
+            let rows = stmt.query_map(
+                params![fts, q.origin, q.source, k as i64, q.since, from],
+                |row| {
+                    Ok((
+                        read_row(row, 0)?,
+                        row.get::<_, f64>(17)?,
+                        row.get::<_, Option<String>>(18)?,
+                    ))
+                },
+            )?;
+            for row in rows {
+                found.push(row?);
+                if found.len() == limit {
+                    break;
+                }
+            }
+            if found.len() >= limit || !filtered {
+                break;
+            }
+            // Fewer than asked for: look further back, then at more.
+            if from != i64::MIN {
+                from = i64::MIN;
+                continue;
+            }
+            let matches: i64 = r
+                .prepare_cached("SELECT count(*) FROM search.fts WHERE fts MATCH ?1")?
+                .query_row([&fts], |row| row.get(0))?;
+            if k as i64 >= matches {
+                break;
+            }
+            k = k.saturating_mul(8);
         }
         drop(stmt);
         if self.read_only() && (found.len() as u64) < q.limit.max(1) as u64 {

@@ -435,6 +435,40 @@ fn node_cards_relay_newest_wins_and_forged_cards_are_void() {
     assert_eq!(a.store.cards().unwrap().len(), 1);
 }
 
+/// A word in more messages than the rank window ranks the newest of them;
+/// a filter that the newest do not pass looks further back.
+#[test]
+fn a_common_word_ranks_the_newest_and_filters_look_further_back() {
+    let a = node(1, "a");
+    let mut first = row("old", "0", "common word from long ago");
+    first.origin = Some("vps".into());
+    let mut rows = vec![first];
+    for i in 1..=selves_store::search::RANK_WINDOW + 100 {
+        rows.push(row("new", &i.to_string(), "common word again"));
+    }
+    capture(&a, rows);
+    let q = |origin: Option<&str>, since: Option<i64>| SearchQuery {
+        text: "common".into(),
+        origin: origin.map(Into::into),
+        since,
+        limit: 10,
+        ..Default::default()
+    };
+    let hits = a.store.search(&q(None, None)).unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|h| h.row.conversation_id == "new"));
+    let hits = a.store.search(&q(Some("vps"), None)).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].row.conversation_id, "old");
+    assert!(
+        a.store
+            .search(&q(Some("vps"), Some(1001)))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(a.store.search(&q(None, Some(1000))).unwrap().len(), 10);
+}
+
 #[test]
 fn search_accepts_any_text_and_follows_edits() {
     let a = node(1, "a");

@@ -84,11 +84,10 @@ pub struct Context {
 /// The row one line of a session file makes, if any. `file` is the file's
 /// name (a session id is taken from it when the lines name none).
 pub fn session_line(format: Format, line: &[u8], file: &Path, ctx: &mut Context) -> Option<Row> {
-    let v: Value = serde_json::from_slice(line).ok()?;
     let (role, text, ts, msg_id) = match format {
-        Format::ClaudeCode => claude_code(&v, ctx)?,
-        Format::Codex => codex(&v, line, ctx)?,
-        Format::Pi => pi(&v, line, ctx)?,
+        Format::ClaudeCode => claude_code(line, ctx)?,
+        Format::Codex => codex(&serde_json::from_slice(line).ok()?, line, ctx)?,
+        Format::Pi => pi(&serde_json::from_slice(line).ok()?, line, ctx)?,
         Format::Markdown => return None,
     };
     let text = text.trim();
@@ -127,39 +126,92 @@ pub fn session_line(format: Format, line: &[u8], file: &Path, ctx: &mut Context)
     })
 }
 
-type Kept<'a> = (&'static str, String, Option<i64>, String);
+type Kept = (&'static str, String, Option<i64>, String);
 
 /// Claude Code: `{"type":"user"|"assistant", "uuid", "sessionId", "cwd",
 /// "timestamp", "message": {"role", "content": text | [blocks]}}`; tool
 /// results come back as user lines holding only `tool_result` blocks.
-fn claude_code<'a>(v: &'a Value, ctx: &mut Context) -> Option<Kept<'a>> {
-    if let Some(s) = v["sessionId"].as_str() {
-        ctx.session.get_or_insert_with(|| s.to_owned());
+///
+/// Most of a session's bytes are tool output, which is not kept: lines are
+/// read into borrowed fields with the message left raw, and a message is
+/// parsed only as far as its text blocks (serde skips the rest without
+/// building it). Capture reads at disk speed this way.
+fn claude_code(line: &[u8], ctx: &mut Context) -> Option<Kept> {
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    #[derive(Deserialize)]
+    struct Line<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(rename = "sessionId", borrow)]
+        session: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        cwd: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        uuid: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        timestamp: Option<Cow<'a, str>>,
+        #[serde(rename = "isMeta", default)]
+        is_meta: Option<bool>,
+        #[serde(borrow)]
+        message: Option<&'a RawValue>,
     }
-    if let Some(c) = v["cwd"].as_str() {
-        ctx.cwd.get_or_insert_with(|| c.to_owned());
+    #[derive(Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow)]
+        content: Option<&'a RawValue>,
     }
-    let role = match v["type"].as_str()? {
+    #[derive(Deserialize)]
+    struct Block<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        text: Option<Cow<'a, str>>,
+    }
+    let v: Line = serde_json::from_slice(line).ok()?;
+    if let Some(s) = &v.session {
+        ctx.session.get_or_insert_with(|| s.to_string());
+    }
+    if let Some(c) = &v.cwd {
+        ctx.cwd.get_or_insert_with(|| c.to_string());
+    }
+    let role = match v.kind.as_deref()? {
         "user" => "user",
         "assistant" => "assistant",
         _ => return None,
     };
-    if v["isMeta"].as_bool() == Some(true) {
+    if v.is_meta == Some(true) {
         return None;
     }
-    let text = text_of(&v["message"]["content"], &["text"]);
+    let content = serde_json::from_str::<Message>(v.message?.get())
+        .ok()?
+        .content?;
+    // A string, or blocks (an untagged enum would buffer the whole value
+    // before choosing).
+    let raw = content.get();
+    let text = if raw.starts_with('"') {
+        serde_json::from_str::<Cow<str>>(raw).ok()?.into_owned()
+    } else {
+        serde_json::from_str::<Vec<Block>>(raw)
+            .ok()?
+            .iter()
+            .filter(|b| b.kind.as_deref() == Some("text"))
+            .filter_map(|b| b.text.as_deref())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    };
     if role == "user" && injected(&text) {
         return None;
     }
-    let id = v["uuid"].as_str()?.to_owned();
-    Some((role, text, v["timestamp"].as_str().and_then(seconds), id))
+    let id = v.uuid?.into_owned();
+    Some((role, text, v.timestamp.as_deref().and_then(seconds), id))
 }
 
 /// Codex rollouts: `{"timestamp", "type": "session_meta"|"response_item"|
 /// "event_msg"|"turn_context", "payload": {…}}`; messages are
 /// `response_item`s of type `message` (the `event_msg` copies are skipped).
 /// Rollouts from before the envelope hold the items themselves.
-fn codex<'a>(v: &'a Value, line: &[u8], ctx: &mut Context) -> Option<Kept<'a>> {
+fn codex(v: &Value, line: &[u8], ctx: &mut Context) -> Option<Kept> {
     let item = if v.get("payload").is_some() {
         &v["payload"]
     } else {
@@ -202,7 +254,7 @@ fn codex<'a>(v: &'a Value, line: &[u8], ctx: &mut Context) -> Option<Kept<'a>> {
 /// `{"type":"message","id"?,"timestamp","message":{"role":"user"|
 /// "assistant"|"toolResult","content": text | [blocks]}}` and entries of
 /// other types (model changes, compactions).
-fn pi<'a>(v: &'a Value, line: &[u8], ctx: &mut Context) -> Option<Kept<'a>> {
+fn pi(v: &Value, line: &[u8], ctx: &mut Context) -> Option<Kept> {
     match v["type"].as_str()? {
         "session" => {
             if let Some(id) = v["id"].as_str() {

@@ -70,6 +70,8 @@ fn run(store: &Store, c: &Capture, me: &str, out: &mut Pass) -> anyhow::Result<(
         return Ok(());
     }
     let marks = store.capture_marks(&c.name)?;
+    let mut pending = Vec::new();
+    let mut marked = Vec::new();
     for path in files(&root, format)? {
         let rel = path
             .strip_prefix(&root)
@@ -103,8 +105,29 @@ fn run(store: &Store, c: &Capture, me: &str, out: &mut Pass) -> anyhow::Result<(
         };
         out.files += 1;
         out.bytes += new_mark.offset - mark.map_or(0, |m| m.offset.min(new_mark.offset));
-        keep(store, c, me, rows, out)?;
-        store.set_capture_mark(&c.name, &rel, &new_mark)?;
+        pending.extend(rows);
+        marked.push((rel, new_mark));
+        if pending.len() >= BATCH {
+            flush(store, c, me, &mut pending, &mut marked, out)?;
+        }
+    }
+    flush(store, c, me, &mut pending, &mut marked, out)
+}
+
+/// Captures what was read, then moves the marks of the files it came
+/// from: many small files share one commit, and a mark never runs ahead.
+fn flush(
+    store: &Store,
+    c: &Capture,
+    me: &str,
+    rows: &mut Vec<Row>,
+    marks: &mut Vec<(String, FileMark)>,
+    out: &mut Pass,
+) -> anyhow::Result<()> {
+    keep(store, c, me, std::mem::take(rows), out)?;
+    if !marks.is_empty() {
+        store.set_capture_marks(&c.name, marks)?;
+        marks.clear();
     }
     Ok(())
 }
