@@ -78,6 +78,7 @@ impl Store {
     pub fn remove_capture(&self, name: &str) -> Result<bool> {
         self.write(|tx| {
             tx.execute("DELETE FROM capture_files WHERE capture = ?1", [name])?;
+            tx.execute("DELETE FROM capture_written WHERE capture = ?1", [name])?;
             Ok(tx.execute("DELETE FROM captures WHERE name = ?1", [name])? > 0)
         })
     }
@@ -150,6 +151,31 @@ impl Store {
                     &m.head[..],
                     m.context
                 ])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Keys a sqlite source wrote back into its application's table.
+    pub fn capture_written(&self, capture: &str) -> Result<std::collections::HashSet<String>> {
+        let r = self.reader()?;
+        let mut s = r.prepare("SELECT key FROM capture_written WHERE capture = ?1")?;
+        let out = s
+            .query_map([capture], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(out)
+    }
+
+    /// Notes keys written back (after the application's table committed
+    /// them: a crash between the two makes the next pass read them back
+    /// as rows it already holds, which changes nothing).
+    pub fn note_written(&self, capture: &str, keys: &[String]) -> Result<()> {
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO capture_written (capture, key) VALUES (?1, ?2)",
+            )?;
+            for k in keys {
+                stmt.execute(params![capture, k])?;
             }
             Ok(())
         })

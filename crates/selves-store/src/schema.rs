@@ -356,6 +356,13 @@ const MIGRATIONS: &[&str] = &[
     -- `recent` reads the newest rows first; conversations by id alone.
     CREATE INDEX messages_ts ON messages (ts);
     CREATE INDEX conversations_id ON conversations (conversation_id);
+    -- Keys a sqlite source wrote back into its application's table: read
+    -- back, they are not captured again as this node's.
+    CREATE TABLE capture_written (
+        capture TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        PRIMARY KEY (capture, key)
+    ) WITHOUT ROWID;
     CREATE TABLE held_rows (
         key     BLOB PRIMARY KEY,
         capture TEXT NOT NULL,

@@ -24,14 +24,17 @@ pub enum Format {
     Codex,
     Pi,
     Markdown,
+    /// A table of an application's database (see `capture::sqlite`).
+    Sqlite,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::ClaudeCode,
         Format::Codex,
         Format::Pi,
         Format::Markdown,
+        Format::Sqlite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Format {
             Format::Codex => "codex",
             Format::Pi => "pi",
             Format::Markdown => "markdown",
+            Format::Sqlite => "sqlite",
         }
     }
 
@@ -53,7 +57,7 @@ impl Format {
             Format::ClaudeCode => Some(".claude/projects"),
             Format::Codex => Some(".codex/sessions"),
             Format::Pi => Some(".pi/agent/sessions"),
-            Format::Markdown => None,
+            Format::Markdown | Format::Sqlite => None,
         }
     }
 
@@ -62,6 +66,7 @@ impl Format {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         match self {
             Format::Markdown => ext.eq_ignore_ascii_case("md") || ext == "markdown",
+            Format::Sqlite => false,
             _ => ext == "jsonl",
         }
     }
@@ -88,7 +93,7 @@ pub fn session_line(format: Format, line: &[u8], file: &Path, ctx: &mut Context)
         Format::ClaudeCode => claude_code(line, ctx)?,
         Format::Codex => codex(&serde_json::from_slice(line).ok()?, line, ctx)?,
         Format::Pi => pi(&serde_json::from_slice(line).ok()?, line, ctx)?,
-        Format::Markdown => return None,
+        Format::Markdown | Format::Sqlite => return None,
     };
     let text = text.trim();
     if text.is_empty() {

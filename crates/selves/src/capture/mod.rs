@@ -14,6 +14,7 @@
 //! user releases or drops them.
 
 pub mod formats;
+pub mod sqlite;
 
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub struct Pass {
     pub captured: u64,
     /// Messages held back here because they look secret.
     pub held: u64,
+    /// Other nodes' messages inserted into a sqlite source's table.
+    pub written_back: u64,
     /// Files that could not be read, with why.
     pub errors: Vec<String>,
 }
@@ -64,6 +67,9 @@ pub fn pass(store: &Store, c: &Capture, me: &str, now: i64) -> anyhow::Result<Pa
 fn run(store: &Store, c: &Capture, me: &str, out: &mut Pass) -> anyhow::Result<()> {
     let format = Format::parse(&c.format)
         .with_context(|| format!("capture {}: unknown format {}", c.name, c.format))?;
+    if format == Format::Sqlite {
+        return sqlite::pass(store, c, me, out);
+    }
     let root = PathBuf::from(&c.path);
     if !root.exists() {
         // An agent not run here yet: nothing to read, nothing wrong.

@@ -20,9 +20,25 @@ pub enum CaptureCommand {
         name: String,
         /// The folder to read [default: where the agent keeps its sessions]
         path: Option<PathBuf>,
-        /// claude-code, codex, pi or markdown [default: the name]
+        /// claude-code, codex, pi, markdown or sqlite [default: the name]
         #[arg(long)]
         format: Option<String>,
+        /// sqlite: the table whose rows are messages
+        #[arg(long)]
+        table: Option<String>,
+        /// sqlite: the column that identifies a row (unique across nodes)
+        #[arg(long)]
+        key: Option<String>,
+        /// sqlite: the column holding the text
+        #[arg(long)]
+        text: Option<String>,
+        /// sqlite: the column holding the time (seconds, milliseconds or RFC 3339)
+        #[arg(long)]
+        ts: Option<String>,
+        /// sqlite: insert rows other nodes captured from this table into it
+        /// (never an update or a delete of the application's rows)
+        #[arg(long)]
+        write_back: bool,
     },
     /// Read every source (or one) for what is new since the last pass
     Run { name: Option<String> },
@@ -61,11 +77,20 @@ pub fn capture(home: Option<PathBuf>, cmd: CaptureCommand) -> anyhow::Result<()>
     let store = home.open_store()?;
     let me = home.name().to_string();
     match cmd {
-        CaptureCommand::Add { name, path, format } => {
+        CaptureCommand::Add {
+            name,
+            path,
+            format,
+            table,
+            key,
+            text,
+            ts,
+            write_back,
+        } => {
             let format_name = format.as_deref().unwrap_or(&name);
             let Some(fmt) = Format::parse(format_name) else {
                 bail!(
-                    "unknown format {format_name:?}: say --format claude-code, codex, pi or markdown"
+                    "unknown format {format_name:?}: say --format claude-code, codex, pi, markdown or sqlite"
                 );
             };
             let path = match (path, fmt.default_path()) {
@@ -76,11 +101,31 @@ pub fn capture(home: Option<PathBuf>, cmd: CaptureCommand) -> anyhow::Result<()>
             if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
                 bail!("a source's name must be non-empty, without '/' or control characters");
             }
+            let options = if fmt == Format::Sqlite {
+                let (Some(table), Some(key), Some(text)) = (table, key, text) else {
+                    bail!("a sqlite source needs --table, --key and --text");
+                };
+                let o = capture::sqlite::Options {
+                    table,
+                    key,
+                    text,
+                    ts,
+                    write_back,
+                };
+                o.check(&path)?;
+                serde_json::to_string(&o)?
+            } else {
+                if table.is_some() || key.is_some() || text.is_some() || ts.is_some() || write_back
+                {
+                    bail!("--table, --key, --text, --ts and --write-back are for --format sqlite");
+                }
+                "{}".to_owned()
+            };
             let c = Capture {
                 name: name.clone(),
                 format: fmt.name().to_owned(),
                 path: path.to_string_lossy().into_owned(),
-                options: "{}".into(),
+                options,
                 added_at: now_ms(),
                 last_run: None,
                 last_error: None,
@@ -235,6 +280,12 @@ fn print_pass(p: &capture::Pass) {
         output::count(p.files, "file", "files"),
         output::count(p.captured, "message", "messages"),
     );
+    if p.written_back > 0 {
+        line.push_str(&format!(
+            ", {} written back",
+            output::count(p.written_back, "message", "messages")
+        ));
+    }
     if p.held > 0 {
         line.push_str(&format!(
             ", {} held back (they look secret: `selves capture held`)",

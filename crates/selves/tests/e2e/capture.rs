@@ -373,3 +373,218 @@ fn a_daemon_captures_as_the_agent_writes() {
     assert!(wait_until(30, || hits(&hub, "Friday").len() == 1));
     eprintln!("an appended line reached the hub after {:?}", t.elapsed());
 }
+
+/// An application's database, as Selesta keeps `resonance.sqlite3`.
+fn resonance_db(node: &Node, entries: &[(&str, &str, i64)]) -> PathBuf {
+    let path = node.dir.path().join("resonance.sqlite3");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE resonance (
+             id INTEGER PRIMARY KEY,
+             uid TEXT NOT NULL UNIQUE,
+             entry TEXT NOT NULL,
+             created_at INTEGER NOT NULL,
+             mood TEXT DEFAULT 'calm'
+         );",
+    )
+    .unwrap();
+    for (uid, entry, at) in entries {
+        db.execute(
+            "INSERT INTO resonance (uid, entry, created_at, mood) VALUES (?1, ?2, ?3, 'bright')",
+            rusqlite::params![uid, entry, at],
+        )
+        .unwrap();
+    }
+    path
+}
+
+fn table(path: &Path) -> Vec<(i64, String, String, i64, String)> {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let mut s = db
+        .prepare("SELECT id, uid, entry, created_at, mood FROM resonance ORDER BY uid")
+        .unwrap();
+    s.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Two Selesta instances exchange their resonance entries through selves
+/// without syncing the file: each table gains the other's rows by INSERT,
+/// its own rows are never touched, reading again changes nothing, and the
+/// application holding its write lock only delays a pass.
+#[test]
+fn two_applications_exchange_rows_of_their_sqlite_tables() {
+    let (_hub, _server, spokes) = star("hub", &["railway", "phone"]);
+    let (a, b) = (&spokes[0], &spokes[1]);
+    let da = resonance_db(
+        a,
+        &[
+            ("a1", "the sea remembers", 1796036400),
+            ("a2", "quiet morning", 1796036460),
+        ],
+    );
+    let db = resonance_db(
+        b,
+        &[("b1", "a bright resonance from the phone", 1796036520)],
+    );
+    let add = |node: &Node, path: &Path| {
+        node.ok(&[
+            "capture",
+            "add",
+            "resonance",
+            path.to_str().unwrap(),
+            "--format",
+            "sqlite",
+            "--table",
+            "resonance",
+            "--key",
+            "uid",
+            "--text",
+            "entry",
+            "--ts",
+            "created_at",
+            "--write-back",
+        ])
+    };
+    let before_a = table(&da);
+    assert!(add(a, &da).contains("2 messages captured"));
+    assert!(add(b, &db).contains("1 message captured"));
+    a.ok(&["sync"]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    let out = b.ok(&["capture", "run"]);
+    assert!(out.contains("2 messages written back"), "{out}");
+    let out = a.ok(&["capture", "run"]);
+    assert!(out.contains("1 message written back"), "{out}");
+
+    let (ta, tb) = (table(&da), table(&db));
+    assert_eq!(ta.len(), 3);
+    assert_eq!(tb.len(), 3);
+    // The application's own rows are untouched; rows written back carry
+    // the other application's time as it wrote it.
+    assert_eq!(&ta[..2], &before_a[..]);
+    let b1 = ta.iter().find(|r| r.1 == "b1").unwrap();
+    assert_eq!(
+        (b1.2.as_str(), b1.3, b1.4.as_str()),
+        ("a bright resonance from the phone", 1796036520, "calm")
+    );
+
+    // Reading again: nothing new, nothing doubled, provenance kept.
+    for node in [a, b] {
+        let out = node.ok(&["capture", "run"]);
+        assert!(
+            out.contains("0 messages captured") && !out.contains("written back"),
+            "{out}"
+        );
+        let rows = node.export();
+        assert_eq!(rows.len(), 3);
+        let b1 = rows.iter().find(|r| r["msg_id"] == "b1").unwrap();
+        assert_eq!(b1["origin"], "phone");
+        assert_eq!(b1["source"], "resonance");
+    }
+    assert_eq!(table(&da).len(), 3);
+    assert_eq!(table(&db).len(), 3);
+
+    // The application writes while a pass runs: the pass waits for it.
+    let holder = {
+        let path = da.clone();
+        std::thread::spawn(move || {
+            let mut db = rusqlite::Connection::open(path).unwrap();
+            let tx = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            tx.execute(
+                "INSERT INTO resonance (uid, entry, created_at) VALUES ('a3', 'written under the lock', 1796036600)",
+                [],
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            tx.commit().unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    a.ok(&["capture", "run"]);
+    holder.join().unwrap();
+    let out = a.ok(&["capture", "run"]);
+    assert!(out.contains("1 message captured"), "{out}");
+    assert_eq!(hits(a, "lock").len(), 1);
+
+    // Bad input is refused before anything is saved; a database that
+    // goes away is loud.
+    let bad = a.fails(
+        &[
+            "capture",
+            "add",
+            "evil",
+            da.to_str().unwrap(),
+            "--format",
+            "sqlite",
+            "--table",
+            "resonance\"; DROP TABLE resonance; --",
+            "--key",
+            "uid",
+            "--text",
+            "entry",
+        ],
+        1,
+    );
+    assert!(
+        bad.stderr.contains("not a plain table or column name"),
+        "{bad:?}"
+    );
+    let bad = a.fails(
+        &[
+            "capture",
+            "add",
+            "evil",
+            da.to_str().unwrap(),
+            "--format",
+            "sqlite",
+            "--table",
+            "resonance",
+            "--key",
+            "uid",
+            "--text",
+            "no_such_column",
+        ],
+        1,
+    );
+    assert!(
+        bad.stderr
+            .contains("has no table resonance with those columns"),
+        "{bad:?}"
+    );
+    let notes = a.dir.path().to_str().unwrap().to_owned();
+    let bad = a.fails(
+        &[
+            "capture", "add", "evil", &notes, "--format", "markdown", "--table", "t",
+        ],
+        1,
+    );
+    assert!(bad.stderr.contains("are for --format sqlite"), "{bad:?}");
+    assert_eq!(
+        a.json(&["capture", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(table(&da).len(), 4);
+
+    std::fs::rename(&da, a.dir.path().join("moved.sqlite3")).unwrap();
+    a.fails(&["capture", "run"], 1);
+    let brief = a.fails(&["status", "--brief"], 1);
+    assert!(
+        brief.stdout.contains("⚠ capture resonance failing"),
+        "{brief:?}"
+    );
+    let list = a.ok(&["capture", "list"]);
+    assert!(
+        list.contains("error:") && list.contains("is gone"),
+        "{list}"
+    );
+}
