@@ -144,9 +144,14 @@ pub(crate) fn new_uuid() -> String {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["file", "memex"])))]
 pub struct ImportArgs {
     /// A file of rows, one JSON object per line; `-` for standard input
-    file: PathBuf,
+    file: Option<PathBuf>,
+    /// A memex store (`~/.memex/data/memex.db`): every message it holds,
+    /// its provenance kept (read only; memex may keep running)
+    #[arg(long, value_name = "DB")]
+    memex: Option<PathBuf>,
     /// Leave `origin` null on rows that have none, instead of stamping this node's name
     /// (for history captured before provenance existed)
     #[arg(long)]
@@ -210,12 +215,16 @@ fn memchr_newline(buf: &[u8]) -> Option<usize> {
 pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
     let home = Home::load(Home::locate(home)?)?;
     let store = home.open_store()?;
-    let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
+    if let Some(db) = &args.memex {
+        return import_memex(&store, db, args.json);
+    }
+    let file = args.file.clone().expect("clap requires a file or --memex");
+    let input: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
         Box::new(
-            std::fs::File::open(&args.file)
-                .with_context(|| format!("cannot open {}", args.file.display()))?,
+            std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?,
         )
     };
     let mut reader = std::io::BufReader::with_capacity(1 << 20, input);
@@ -251,7 +260,7 @@ pub fn import(home: Option<PathBuf>, args: ImportArgs) -> anyhow::Result<()> {
     loop {
         line.clear();
         let read = read_line_capped(&mut reader, &mut line, MAX_IMPORT_LINE)
-            .with_context(|| format!("cannot read {}", args.file.display()))?;
+            .with_context(|| format!("cannot read {}", file.display()))?;
         let Some(whole) = read else {
             break;
         };
@@ -587,4 +596,169 @@ fn preview(text: &str) -> String {
         Some((i, _)) => format!("{}…", &one[..i]),
         None => one,
     }
+}
+
+/// Imports a memex store: its `messages` joined to their `conversations`,
+/// read on a read-only connection (memex may be running). Columns are
+/// found by name, so memex versions before `origin` existed import too.
+/// Provenance is kept as memex recorded it: a null `origin` stays null
+/// (this node did not capture those rows); this node's signed records
+/// vouch that it imported them.
+fn import_memex(store: &Store, db: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open {}", db.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let columns = |table: &str| -> anyhow::Result<Vec<String>> {
+        let mut s = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .with_context(|| format!("{} is not a SQLite database", db.display()))?;
+        let cols = s
+            .query_map([], |r| r.get::<_, String>(1))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .with_context(|| format!("{} is not a SQLite database", db.display()))?;
+        Ok(cols)
+    };
+    let m = columns("messages")?;
+    let c = columns("conversations")?;
+    for need in ["conversation_id", "role", "text", "ts"] {
+        if !m.iter().any(|x| x == need) {
+            bail!(
+                "{} is not a memex store: its messages table has no {need} column",
+                db.display()
+            );
+        }
+    }
+    let has = |cols: &[String], name: &str| cols.iter().any(|x| x == name);
+    let joined = has(&c, "conversation_id");
+    let msg = |name: &str| {
+        if has(&m, name) {
+            format!("m.{name}")
+        } else {
+            "NULL".to_owned()
+        }
+    };
+    let conv = |name: &str| {
+        if joined && has(&c, name) {
+            format!("c.{name}")
+        } else {
+            "NULL".to_owned()
+        }
+    };
+    let source = match (has(&m, "source"), joined && has(&c, "source")) {
+        (true, _) => "m.source".to_owned(),
+        (false, true) => "c.source".to_owned(),
+        (false, false) => bail!("{} is not a memex store: no source column", db.display()),
+    };
+    let join = if !joined {
+        String::new()
+    } else if has(&m, "source") && has(&c, "source") {
+        "LEFT JOIN conversations c ON c.conversation_id = m.conversation_id AND c.source = m.source"
+            .to_owned()
+    } else {
+        "LEFT JOIN conversations c ON c.conversation_id = m.conversation_id".to_owned()
+    };
+    let sql = format!(
+        "SELECT {source}, m.conversation_id, {}, {}, m.role, {}, m.text, m.ts, {}, {}, {}, {},
+                {}, {}, {}, {}, {}
+         FROM messages m {join} ORDER BY m.rowid",
+        msg("msg_id"),
+        msg("uuid"),
+        msg("sender"),
+        msg("edited_at"),
+        msg("channel"),
+        msg("metadata"),
+        msg("origin"),
+        conv("title"),
+        conv("first_ts"),
+        conv("last_ts"),
+        conv("project_path"),
+        conv("parent_conversation_id"),
+    );
+    let mut stmt = conn
+        .prepare(&sql)
+        .with_context(|| format!("cannot read the messages of {}", db.display()))?;
+    let text = |r: &rusqlite::Row, i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Null => None,
+            rusqlite::types::ValueRef::Integer(n) => Some(n.to_string()),
+            rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                Some(String::from_utf8_lossy(t).into_owned())
+            }
+        })
+    };
+    let mut rows = stmt.query([])?;
+    let opts = CaptureOptions::default();
+    let bar = output::counter("importing from memex");
+    let mut summary = CaptureSummary::default();
+    let mut read = 0u64;
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    loop {
+        let next = rows.next()?;
+        if let Some(r) = next {
+            read += 1;
+            batch.push(Row {
+                source: text(r, 0)?.unwrap_or_default(),
+                conversation_id: text(r, 1)?.unwrap_or_default(),
+                msg_id: text(r, 2)?,
+                uuid: text(r, 3)?,
+                role: text(r, 4)?.unwrap_or_default(),
+                sender: text(r, 5)?,
+                text: text(r, 6)?.unwrap_or_default(),
+                ts: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                edited_at: r.get(8)?,
+                channel: text(r, 9)?,
+                metadata: text(r, 10)?,
+                origin: text(r, 11)?,
+                conversation: Some(ConversationMeta {
+                    title: text(r, 12)?,
+                    first_ts: r.get(13)?,
+                    last_ts: r.get(14)?,
+                    project_path: text(r, 15)?,
+                    parent_conversation_id: text(r, 16)?,
+                }),
+            });
+        }
+        if batch.len() >= IMPORT_BATCH || (next.is_none() && !batch.is_empty()) {
+            let base = read as usize - batch.len();
+            let s = store.capture(std::mem::take(&mut batch), &opts)?;
+            let refused = s
+                .refused
+                .iter()
+                .map(|(i, w)| (base + i + 1, w.clone()))
+                .collect();
+            summary.merge(CaptureSummary { refused, ..s });
+            bar.set_position(read);
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    store.catch_up_index(|_| {})?;
+    if json {
+        output::print_json(&summary)?;
+    } else {
+        println!(
+            "imported {} messages from memex: {} new, {} updated, {} unchanged, {} older versions ignored, {} local-only; {} refused",
+            read,
+            summary.inserted,
+            summary.updated,
+            summary.unchanged,
+            summary.stale,
+            summary.local_only,
+            summary.refused.len()
+        );
+        for (n, why) in summary.refused.iter().take(20) {
+            eprintln!("message {n}: {why}");
+        }
+    }
+    if !summary.refused.is_empty() {
+        return Err(Exit(code::FAILED).into());
+    }
+    Ok(())
 }

@@ -588,3 +588,76 @@ fn two_applications_exchange_rows_of_their_sqlite_tables() {
         "{list}"
     );
 }
+
+/// `import --memex`: a memex store comes in whole, provenance as memex
+/// kept it (a null origin stays null), conversations with their titles
+/// and projects; again, nothing doubles; it relays on with its origins.
+#[test]
+fn a_memex_store_is_imported_with_its_provenance() {
+    let (hub, _server, spokes) = star("hub", &["mac"]);
+    let mac = &spokes[0];
+    let path = mac.dir.path().join("memex.db");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE conversations (
+             id INTEGER PRIMARY KEY, source TEXT NOT NULL, conversation_id TEXT NOT NULL,
+             title TEXT, first_ts INTEGER, last_ts INTEGER, project_path TEXT,
+             parent_conversation_id TEXT, message_count INTEGER DEFAULT 0,
+             UNIQUE (source, conversation_id));
+         CREATE TABLE messages (
+             id INTEGER PRIMARY KEY, source TEXT NOT NULL, conversation_id TEXT NOT NULL,
+             msg_id TEXT, uuid TEXT, role TEXT NOT NULL, sender TEXT, text TEXT NOT NULL,
+             ts INTEGER NOT NULL, edited_at INTEGER, channel TEXT, metadata TEXT, origin TEXT,
+             UNIQUE (source, conversation_id, msg_id));
+         INSERT INTO conversations (source, conversation_id, title, first_ts, last_ts, project_path)
+             VALUES ('claude-code', 'claude-code-s9', 'vps firewall', 1716800000, 1716800100, '/Users/ana/infra'),
+                    ('openclaw', 'openclaw-tg-42', 'telegram chat', 1716800000, 1716800200, NULL);
+         INSERT INTO messages (source, conversation_id, msg_id, uuid, role, sender, text, ts, origin)
+             VALUES ('claude-code', 'claude-code-s9', 'u1', '2f1e0c2a-1b3c-4d5e-8f90-0a1b2c3d4e5f', 'user', 'me',
+                     'open port 8766 on the vps firewall', 1716800000, 'mac'),
+                    ('openclaw', 'openclaw-tg-42', 't1', NULL, 'assistant', 'openclaw',
+                     'good morning from the telegram bot', 1716800200, NULL),
+                    ('openclaw', 'openclaw-tg-42', NULL, NULL, 'system', NULL,
+                     'an ephemeral boundary row', 1716800201, NULL);",
+    )
+    .unwrap();
+    drop(db);
+    let out = mac.ok(&["import", "--memex", path.to_str().unwrap()]);
+    assert!(
+        out.contains("imported 3 messages from memex: 2 new"),
+        "{out}"
+    );
+    assert!(out.contains("1 local-only"), "{out}");
+    let again = mac.ok(&["import", "--memex", path.to_str().unwrap()]);
+    assert!(
+        again.contains("0 new") && again.contains("2 unchanged"),
+        "{again}"
+    );
+    mac.ok(&["sync"]);
+    let rows = hub.export();
+    assert_eq!(rows.len(), 2, "local-only rows stay on the mac");
+    let firewall = rows.iter().find(|r| r["msg_id"] == "u1").unwrap();
+    assert_eq!(firewall["origin"], "mac");
+    assert_eq!(firewall["conversation"]["title"], "vps firewall");
+    assert_eq!(firewall["conversation"]["project_path"], "/Users/ana/infra");
+    let bot = rows.iter().find(|r| r["msg_id"] == "t1").unwrap();
+    assert_eq!(bot["origin"], Value::Null, "provenance is never invented");
+
+    let bad = mac.fails(
+        &[
+            "import",
+            "--memex",
+            mac.home().join("config.toml").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(bad.stderr.contains("is not a SQLite database"), "{bad:?}");
+    let empty = mac.dir.path().join("empty.db");
+    rusqlite::Connection::open(&empty)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let bad = mac.fails(&["import", "--memex", empty.to_str().unwrap()], 1);
+    assert!(bad.stderr.contains("is not a memex store"), "{bad:?}");
+}
