@@ -131,7 +131,11 @@ impl Memory {
         }
         let mut out = String::new();
         for r in &rows {
-            out.push_str(&format!("{}\n    {}\n", header(r), excerpt(&r.text, 300)));
+            out.push_str(&format!(
+                "{}\n    {}\n",
+                header(r),
+                output::one_line(&r.text, 300)
+            ));
         }
         Ok(out)
     }
@@ -319,14 +323,6 @@ fn header(r: &Row) -> String {
         r.origin.as_deref().unwrap_or("?"),
         r.role
     )
-}
-
-fn excerpt(text: &str, chars: usize) -> String {
-    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one.char_indices().nth(chars) {
-        Some((i, _)) => format!("{}…", &one[..i]),
-        None => one,
-    }
 }
 
 /// `since` as Unix seconds: a span back from now, or a date or time.

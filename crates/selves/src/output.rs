@@ -129,6 +129,16 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// `text` on one line (whitespace runs as one space), at most `chars`
+/// characters, `…` where it was cut.
+pub fn one_line(text: &str, chars: usize) -> String {
+    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one.char_indices().nth(chars) {
+        Some((i, _)) => format!("{}…", &one[..i]),
+        None => one,
+    }
+}
+
 /// `1 record`, `2 records`.
 pub fn count(n: u64, one: &str, many: &str) -> String {
     if n == 1 {

@@ -215,7 +215,10 @@ pub fn capture(home: Option<PathBuf>, cmd: CaptureCommand) -> anyhow::Result<()>
                     "{}  {}  {}/{}  looks like {}",
                     h.id, h.capture, h.row.source, h.row.conversation_id, h.reason
                 );
-                println!("  {}", output::printable(&preview(&h.row.text)));
+                println!(
+                    "  {}",
+                    output::printable(&output::one_line(&h.row.text, 100))
+                );
             }
         }
         CaptureCommand::Release { id, all } => settle(&store, &me, id, all, HeldState::Released)?,
@@ -262,15 +265,6 @@ fn settle(
         println!("dropped {}", output::count(n, "message", "messages"));
     }
     Ok(())
-}
-
-/// The first 100 characters of a message, one line.
-fn preview(text: &str) -> String {
-    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &one[..i]),
-        None => one,
-    }
 }
 
 fn print_pass(p: &capture::Pass) {

@@ -517,7 +517,7 @@ pub fn forget(home: Option<PathBuf>, args: ForgetArgs) -> anyhow::Result<()> {
             output::printable(&r.conversation_id),
             output::date(r.ts),
             output::printable(r.origin.as_deref().unwrap_or("?")),
-            output::printable(&preview(&r.text))
+            output::printable(&output::one_line(&r.text, 80))
         );
     }
     if rows.len() > 20 {
@@ -587,15 +587,6 @@ fn holds_words(text: &str, words: &str) -> bool {
     words
         .split_whitespace()
         .all(|w| text.contains(&w.to_lowercase()))
-}
-
-/// A message on one line, at most 80 characters.
-fn preview(text: &str) -> String {
-    let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one.char_indices().nth(80) {
-        Some((i, _)) => format!("{}…", &one[..i]),
-        None => one,
-    }
 }
 
 /// Imports a memex store: its `messages` joined to their `conversations`,
