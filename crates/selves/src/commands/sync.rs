@@ -166,7 +166,27 @@ fn sync_one(
     let alias = remote.alias.to_string();
     let started = Instant::now();
     let bar = SyncBar::new(&alias);
+    // Rows are indexed for search while they arrive, on a thread of their
+    // own (the index is another file with its own lock), so they are
+    // searchable about when they are durable rather than after.
+    let indexing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let indexer = {
+        let (store, indexing) = (store.clone(), indexing.clone());
+        std::thread::spawn(move || {
+            while indexing.load(std::sync::atomic::Ordering::Relaxed) {
+                match store.index_step(selves_store::search::INDEX_CHUNK) {
+                    Ok(0) => std::thread::park_timeout(std::time::Duration::from_millis(20)),
+                    Ok(_) => {}
+                    // The catch-up after the round reports it.
+                    Err(_) => return,
+                }
+            }
+        })
+    };
     let outcome = rt.block_on(sync_peer(store, engine, remote, opts, &bar));
+    indexing.store(false, std::sync::atomic::Ordering::Relaxed);
+    indexer.thread().unpark();
+    let _ = indexer.join();
     bar.finish();
     match outcome {
         Ok(report) => {
