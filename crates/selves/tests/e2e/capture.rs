@@ -489,7 +489,9 @@ fn two_applications_exchange_rows_of_their_sqlite_tables() {
     assert_eq!(table(&da).len(), 3);
     assert_eq!(table(&db).len(), 3);
 
-    // The application writes while a pass runs: the pass waits for it.
+    // The application holds its write lock while a pass runs: the pass
+    // reads what is committed without waiting (a WAL reader), and the row
+    // written under the lock is captured once it is committed.
     let holder = {
         let path = da.clone();
         std::thread::spawn(move || {
@@ -512,6 +514,47 @@ fn two_applications_exchange_rows_of_their_sqlite_tables() {
     let out = a.ok(&["capture", "run"]);
     assert!(out.contains("1 message captured"), "{out}");
     assert_eq!(hits(a, "lock").len(), 1);
+
+    // A write-back waits for the application's write lock, and goes in
+    // once the application commits.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO resonance (uid, entry, created_at) VALUES ('b2', 'second from the phone', 1796036700)",
+            [],
+        )
+        .unwrap();
+    b.ok(&["capture", "run"]);
+    b.ok(&["sync"]);
+    a.ok(&["sync"]);
+    let (locked, held) = std::sync::mpsc::channel();
+    let holder = {
+        let path = da.clone();
+        std::thread::spawn(move || {
+            let mut db = rusqlite::Connection::open(path).unwrap();
+            let tx = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            tx.execute("UPDATE resonance SET mood = 'busy' WHERE uid = 'a1'", [])
+                .unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+            tx.commit().unwrap();
+        })
+    };
+    held.recv().unwrap();
+    let t = Instant::now();
+    let out = a.ok(&["capture", "run"]);
+    assert!(out.contains("1 message written back"), "{out}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "it did not wait: {:?}",
+        t.elapsed()
+    );
+    holder.join().unwrap();
+    let ta = table(&da);
+    assert_eq!(ta.iter().find(|r| r.1 == "a1").unwrap().4, "busy");
+    assert!(ta.iter().any(|r| r.1 == "b2"));
 
     // Bad input is refused before anything is saved; a database that
     // goes away is loud.
@@ -573,7 +616,7 @@ fn two_applications_exchange_rows_of_their_sqlite_tables() {
             .len(),
         1
     );
-    assert_eq!(table(&da).len(), 4);
+    assert_eq!(table(&da).len(), 5);
 
     std::fs::rename(&da, a.dir.path().join("moved.sqlite3")).unwrap();
     a.fails(&["capture", "run"], 1);
