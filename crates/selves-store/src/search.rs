@@ -352,6 +352,20 @@ impl Store {
         Ok(rows)
     }
 
+    /// (rows, highest arrival) of a conversation: changes whenever a row of
+    /// it is added, replaced or forgotten.
+    pub fn conversation_version(&self, source: &str, conversation_id: &str) -> Result<(u64, u64)> {
+        let r = self.reader()?;
+        let v = r.query_row(
+            "SELECT count(*), COALESCE(MAX(m.arrival), 0)
+             FROM conversations c JOIN messages m ON m.conv = c.id
+             WHERE c.source = ?1 AND c.conversation_id = ?2",
+            params![source, conversation_id],
+            |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)),
+        )?;
+        Ok(v)
+    }
+
     /// A conversation's rows in order (of every source that uses the id,
     /// unless one is named), at most `limit` from its start.
     pub fn conversation(

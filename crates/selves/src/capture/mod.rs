@@ -60,7 +60,12 @@ pub fn pass(store: &Store, c: &Capture, me: &str, now: i64) -> anyhow::Result<Pa
         Err(e) => Some(format!("{e:#}")),
         Ok(()) => out.errors.first().cloned(),
     };
-    store.note_capture_run(&c.name, now, error.as_deref(), out.captured)?;
+    // A look that found nothing new writes nothing (the daemon looks twice
+    // a second: no commit, no fsync for it).
+    let idle = out.files == 0 && out.written_back == 0 && out.held == 0;
+    if !idle || error != c.last_error || c.last_run.is_none() {
+        store.note_capture_run(&c.name, now, error.as_deref(), out.captured)?;
+    }
     result.map(|()| out)
 }
 

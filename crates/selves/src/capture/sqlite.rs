@@ -27,6 +27,9 @@ use super::Pass;
 const BUSY: Duration = Duration::from_secs(5);
 /// Rows read per query.
 const PAGE: i64 = 5000;
+/// The mark that remembers which version of the table's messages the last
+/// write-back saw (table names cannot hold `#`).
+const WRITE_BACK_MARK: &str = "#write-back";
 
 /// What `capture add --format sqlite` is told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +206,26 @@ fn write_back(
     written: &HashSet<String>,
     out: &mut Pass,
 ) -> anyhow::Result<()> {
+    // Read the table's messages only when they changed since the last
+    // write-back (the daemon looks twice a second).
+    let version = store.conversation_version(&c.name, &o.table)?;
+    let seen = store
+        .capture_marks(&c.name)?
+        .get(WRITE_BACK_MARK)
+        .map(|m| (m.size, m.offset));
+    if seen == Some(version) {
+        return Ok(());
+    }
+    let done = |store: &Store| {
+        let mark = FileMark {
+            size: version.0,
+            mtime: 0,
+            offset: version.1,
+            head: [0; 32],
+            context: None,
+        };
+        store.set_capture_marks(&c.name, &[(WRITE_BACK_MARK.to_owned(), mark)])
+    };
     let theirs: Vec<Row> = store
         .conversation(&o.table, Some(&c.name), usize::MAX / 2)?
         .into_iter()
@@ -210,6 +233,7 @@ fn write_back(
         .filter(|r| r.msg_id.as_ref().is_some_and(|k| !written.contains(k)))
         .collect();
     if theirs.is_empty() {
+        done(store)?;
         return Ok(());
     }
     let mut conn = open(Path::new(&c.path), OpenFlags::SQLITE_OPEN_READ_WRITE)?;
@@ -265,6 +289,7 @@ fn write_back(
     tx.commit()
         .with_context(|| format!("cannot write back into {}", o.table))?;
     store.note_written(&c.name, &keys)?;
+    done(store)?;
     Ok(())
 }
 

@@ -100,9 +100,14 @@ fn claude_code_sessions_are_captured_incrementally() {
         "tool output is not captured"
     );
 
-    // Nothing new: nothing read, nothing added.
+    // Nothing new: nothing read, nothing added, nothing written (the
+    // daemon looks twice a second).
+    let last_run = || node.json(&["capture", "list", "--json"])[0]["last_run"].clone();
+    let before = last_run();
+    std::thread::sleep(Duration::from_millis(5));
     let out = node.ok(&["capture", "run"]);
     assert!(out.contains("0 files read, 0 messages captured"), "{out}");
+    assert_eq!(last_run(), before);
 
     // A line still being written waits for its end.
     let line4 = claude_line(s, 4, "user", "now make the lexer stream");
