@@ -211,7 +211,11 @@ fn main() {
             m.noop_round_ms,
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("SELVES_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("homes kept in {}", dir.display());
+    }
 }
 
 pub(crate) fn mb(bytes: u64) -> f64 {

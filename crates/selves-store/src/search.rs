@@ -16,6 +16,11 @@ use crate::{Result, Store, StoreError};
 /// this many (see [`Store::search`]).
 pub const RANK_WINDOW: i64 = 5_000;
 
+/// New terms FTS5 holds in memory before it writes them as a segment.
+const FTS_HASH_BYTES: i64 = 8 << 20;
+/// Segments of one level FTS5 merges at once.
+const FTS_AUTOMERGE: i64 = 8;
+
 /// Rows indexed per transaction when catching up.
 pub const INDEX_CHUNK: usize = 20_000;
 
@@ -64,6 +69,19 @@ pub(crate) fn prepare(store: &Store) -> Result<()> {
     let mut conn = open_search(store)?;
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(SEARCH_SCHEMA)?;
+    // Build the index in fewer, larger steps: FTS5 keeps up to 8 MB of
+    // new terms in memory before it writes a segment (1 MB by default),
+    // and merges 8 segments of a level at once (4). On 143 MB of text
+    // that indexes in 2.3-2.5 s instead of 3.2 s, for 5 MB more memory
+    // while indexing (measured with `selves search` on a fresh index).
+    tx.execute(
+        "INSERT INTO fts (fts, rank) VALUES ('hashsize', ?1)",
+        [FTS_HASH_BYTES],
+    )?;
+    tx.execute(
+        "INSERT INTO fts (fts, rank) VALUES ('automerge', ?1)",
+        [FTS_AUTOMERGE],
+    )?;
     tx.execute(
         "INSERT INTO fts (fts, rank) VALUES ('secure-delete', 1)",
         [],
@@ -161,7 +179,12 @@ impl Store {
                 delete.execute([id])?;
                 forgotten += 1;
             } else {
-                insert.execute(params![id, row.get_ref(2)?.as_str()?])?;
+                // Passed on as SQLite holds it: the text was checked when it
+                // was stored, and FTS5 reads it as UTF-8 itself.
+                insert.execute(params![
+                    id,
+                    rusqlite::types::ToSqlOutput::Borrowed(row.get_ref(2)?)
+                ])?;
             }
             n += 1;
         }
